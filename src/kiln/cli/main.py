@@ -1,0 +1,75 @@
+"""kiln's entry point: sub-command dispatch and the one top-level error handler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from kiln import __version__
+from kiln.errors import KilnError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(f"kiln {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kiln.cli import build as build_cmd
+    from kiln.cli import cache as cache_cmd
+    from kiln.cli import login as login_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Daemonless container builds with fast CI caches."
+    )
+    parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    build_cmd.register(sub)
+    login_cmd.register(sub)
+    cache_cmd.register(sub)
+    version = sub.add_parser("version", help="print kiln's version")
+    version.set_defaults(handler=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, like buildx's global flag.
+    debug = "--debug" in args_list
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    debug = debug or bool(getattr(args, "debug", False))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KilnError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: never a bare traceback
+        if debug:
+            traceback.print_exc()
+        print(
+            f"ERROR: internal error: {type(exc).__name__}: {exc}\n"
+            "hint: run again with --debug for a traceback, and report it",
+            file=sys.stderr,
+        )
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

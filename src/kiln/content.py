@@ -1,0 +1,125 @@
+"""Content-addressed blob store under ``$KILN_ROOT/blobs/sha256``.
+
+A blob is visible under its digest only once it is complete and its digest verified:
+writers stream into a temporary file, hashing as they go, and ``os.replace`` it into
+place. A blob whose bytes do not match its name is treated as missing and removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from kiln.oci import digest_hex
+
+CHUNK = 1 << 20
+
+
+class DigestMismatch(Exception):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass
+class BlobWriter:
+    """File-like sink that hashes and counts what it writes."""
+
+    fh: IO[bytes]
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        self.fh.write(data)
+        self.size += len(data)
+        return len(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest_hex(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        return self.path(digest).stat().st_size
+
+    def read(self, digest: str) -> bytes:
+        return self.path(digest).read_bytes()
+
+    def digests(self) -> Iterator[str]:
+        for p in self.root.iterdir():
+            if len(p.name) == 64 and not p.name.startswith("."):
+                yield "sha256:" + p.name
+
+    def remove(self, digest: str) -> None:
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            pass
+
+    @contextmanager
+    def writer(self, expected: str | None = None) -> Iterator[BlobWriter]:
+        """Stream a new blob; it is committed under its digest when the block exits.
+
+        With *expected*, a mismatching digest raises :class:`DigestMismatch` and nothing
+        is stored. The final digest is available as ``writer.digest`` afterwards.
+        """
+        fd, tmp = tempfile.mkstemp(prefix=".ingest-", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                w = BlobWriter(fh)
+                yield w
+                fh.flush()
+            if expected is not None and w.digest != expected:
+                raise DigestMismatch(expected, w.digest)
+            os.replace(tmp, self.path(w.digest))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def put(self, data: bytes, expected: str | None = None) -> str:
+        with self.writer(expected) as w:
+            w.write(data)
+        return w.digest
+
+    def put_stream(self, chunks: Iterable[bytes], expected: str | None = None) -> str:
+        with self.writer(expected) as w:
+            for chunk in chunks:
+                w.write(chunk)
+        return w.digest
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash a stored blob; a corrupt one is removed and reported missing."""
+        p = self.path(digest)
+        h = hashlib.sha256()
+        try:
+            with p.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    h.update(chunk)
+        except FileNotFoundError:
+            return False
+        if "sha256:" + h.hexdigest() != digest:
+            self.remove(digest)
+            return False
+        return True

@@ -1,0 +1,92 @@
+"""The one error root of kiln.
+
+Every failure a user can cause or meet is a :class:`KilnError` carrying user-facing
+fields: *what* happened, *why* (optional detail) and a *hint* (what to do). The CLI's
+single handler prints them and maps the family to an exit code; tracebacks only appear
+with ``--debug``. Errors from libraries (httpx, subprocess, the OCI runtime) are
+translated at the edge with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base of every user-facing error."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, *, why: str | None = None, hint: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.why = why
+        self.hint = hint
+
+    def __str__(self) -> str:
+        parts = [self.what]
+        if self.why:
+            parts.append(self.why)
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+
+class UsageError(KilnError):
+    """Bad command-line input: a flag, an attribute, a value."""
+
+    exit_code = 2
+
+
+class DockerfileError(KilnError):
+    """A Dockerfile that cannot be parsed or built; names the file and line."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        path: str,
+        line: int | None = None,
+        why: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {what}", why=why, hint=hint)
+        self.path = path
+        self.line = line
+
+
+class ContextError(KilnError):
+    """A build-context problem: a missing COPY source, a path outside the context."""
+
+    exit_code = 2
+
+
+class StepFailedError(KilnError):
+    """A RUN step exited non-zero."""
+
+    exit_code = 1
+
+
+class RegistryError(KilnError):
+    """A registry could not be reached, refused us, or answered nonsense."""
+
+    exit_code = 1
+
+
+class AuthError(RegistryError):
+    """A registry refused our credentials (401/403)."""
+
+
+class NotFoundError(RegistryError):
+    """A manifest or blob does not exist in a registry."""
+
+
+class CacheError(KilnError):
+    """A remote cache could not be read or written."""
+
+
+class RuntimeFailure(KilnError):
+    """The OCI runtime, overlayfs or another system component failed."""
+
+    exit_code = 1
