@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
-from kiln.oci import digest_hex
+from kiln.errors import KilnError
+from kiln.oci import Descriptor, digest_hex
 
 CHUNK = 1 << 20
 
@@ -70,10 +72,8 @@ class BlobStore:
                 yield "sha256:" + p.name
 
     def remove(self, digest: str) -> None:
-        try:
+        with suppress(FileNotFoundError):
             self.path(digest).unlink()
-        except FileNotFoundError:
-            pass
 
     @contextmanager
     def writer(self, expected: str | None = None) -> Iterator[BlobWriter]:
@@ -92,10 +92,8 @@ class BlobStore:
                 raise DigestMismatch(expected, w.digest)
             os.replace(tmp, self.path(w.digest))
         except BaseException:
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     def put(self, data: bytes, expected: str | None = None) -> str:
@@ -123,3 +121,52 @@ class BlobStore:
             self.remove(digest)
             return False
         return True
+
+
+class BlobProvider(Protocol):
+    """Somewhere a blob can be fetched from (a registry repository, a remote cache)."""
+
+    location: str  # "host/repository" for registries (used for cross-repository mounts)
+
+    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
+        """Download *desc* into *store*, verifying its digest."""
+        ...
+
+
+class BlobLocator:
+    """Knows where every blob of a build can be fetched from, so fetching can be lazy."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._providers: dict[str, list[BlobProvider]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, digest: str, provider: BlobProvider) -> None:
+        with self._lock:
+            providers = self._providers.setdefault(digest, [])
+            if provider not in providers:
+                providers.append(provider)
+
+    def providers(self, digest: str) -> list[BlobProvider]:
+        with self._lock:
+            return list(self._providers.get(digest, []))
+
+    def fetch(self, desc: Descriptor) -> None:
+        """Make *desc* present in the local store, trying each known source in turn."""
+        if self.store.has(desc.digest):
+            return
+        providers = self.providers(desc.digest)
+        if not providers:
+            raise KilnError(
+                f"blob {desc.digest} is neither local nor available from any known source",
+                hint="run the build again with --no-cache",
+            )
+        last: Exception | None = None
+        for provider in providers:
+            try:
+                provider.fetch(desc, self.store)
+                return
+            except KilnError as exc:
+                last = exc
+        assert last is not None
+        raise last

@@ -1,0 +1,99 @@
+"""The local step cache: cache key → step result, under ``$KILN_ROOT/cache/keys``.
+
+One small JSON file per key, written atomically. A record names the layer the step
+produced (or none, for a step that changed nothing) and when it was created (history
+timestamps stay stable across rebuilds). A record that cannot be read, or whose layer is
+no longer present locally, is a miss: never a crash and never a wrong hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.content import BlobStore
+from kiln.oci import Descriptor, Layer, digest_hex, is_digest
+from kiln.state import write_atomic
+
+log = logging.getLogger(__name__)
+
+# does an unpacked snapshot of this diff ID exist?
+SnapshotCheck = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    layer: Layer | None
+    created: str
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"created": self.created}
+        if self.layer is not None:
+            out["layer"] = {**self.layer.blob.to_json(), "diffID": self.layer.diff_id}
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, object]) -> StepRecord:
+        created = raw["created"]
+        if not isinstance(created, str):
+            raise ValueError("created is not a string")
+        layer_raw = raw.get("layer")
+        layer = None
+        if layer_raw is not None:
+            if not isinstance(layer_raw, dict):
+                raise ValueError("layer is not an object")
+            desc = Descriptor.from_json(layer_raw)
+            diff_id = str(layer_raw["diffID"])
+            if not is_digest(desc.digest) or not is_digest(diff_id):
+                raise ValueError("bad digest")
+            layer = Layer(desc, diff_id)
+        return cls(layer, created)
+
+
+class LocalCache:
+    def __init__(self, root: Path, blobs: BlobStore, snapshot_exists: SnapshotCheck) -> None:
+        self.root = root
+        self.blobs = blobs
+        self.snapshot_exists = snapshot_exists
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / (digest_hex(key) + ".json")
+
+    def get(self, key: str) -> StepRecord | None:
+        path = self._path(key)
+        try:
+            raw = json.loads(path.read_bytes())
+            record = StepRecord.from_json(raw)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable cache entry %s: %s", path.name, exc)
+            self._drop(path)
+            return None
+        layer = record.layer
+        if layer is not None and not (
+            self.blobs.has(layer.digest) or self.snapshot_exists(layer.diff_id)
+        ):
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # last use, for size-capped pruning
+        return record
+
+    def put(self, key: str, record: StepRecord) -> None:
+        write_atomic(self._path(key), json.dumps(record.to_json(), sort_keys=True).encode())
+
+    def _drop(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def now_rfc3339(source_date_epoch: int | None = None) -> str:
+    t = source_date_epoch if source_date_epoch is not None else time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

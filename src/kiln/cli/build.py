@@ -1,0 +1,134 @@
+"""``kiln build``: flags as ``docker buildx build``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from kiln.build import BuildOptions, run_build
+from kiln.cli.progress import RichProgress, make_progress
+from kiln.errors import UsageError
+from kiln.exporter.base import parse_outputs, split_attrs
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "build", help="build an image from a Dockerfile", description="Build an image."
+    )
+    p.add_argument("context", metavar="CONTEXT", help="build context directory")
+    p.add_argument("-f", "--file", dest="file", help="Dockerfile (default: CONTEXT/Dockerfile)")
+    p.add_argument("-t", "--tag", dest="tags", action="append", default=[], help="image name")
+    p.add_argument("--build-arg", dest="build_args", action="append", default=[], metavar="K=V")
+    p.add_argument("--target", help="build this stage")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="K=V")
+    p.add_argument("--no-cache", action="store_true", help="run every step")
+    p.add_argument("--push", action="store_true", help="shorthand for --output type=registry")
+    p.add_argument("-o", "--output", dest="outputs", action="append", default=[], metavar="SPEC")
+    p.add_argument(
+        "--progress", default="auto", choices=["auto", "plain", "tty", "rawjson", "quiet"]
+    )
+    p.add_argument("--network", default="default", choices=["default", "host", "none"])
+    p.add_argument("--metadata-file", type=Path, help="write build metadata (JSON) here")
+    p.add_argument("--platform", help="target platform (the host's only)")
+    p.add_argument("--secret", dest="secrets", action="append", default=[],
+                   metavar="id=ID,src=FILE")  # fmt: skip
+    p.add_argument("--compression", default="gzip", choices=["gzip", "zstd", "uncompressed"])
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=run)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
+        if not eq:
+            env = os.environ.get(key)
+            if env is None:
+                continue  # as docker: a bare name takes its value from the environment
+            value = env
+        out[key] = value
+    return out
+
+
+def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for text in values:
+        attrs = split_attrs(text, flag="--secret")
+        sid = attrs.pop("id", "")
+        src = attrs.pop("src", "") or attrs.pop("source", "")
+        env = attrs.pop("env", "")
+        if attrs or not sid or not (src or env):
+            raise UsageError(f"--secret {text!r}: expected id=ID,src=FILE or id=ID,env=VAR")
+        if env:
+            value = os.environ.get(env)
+            if value is None:
+                raise UsageError(f"--secret {text!r}: environment variable {env} is not set")
+            raise UsageError("--secret env= is not supported yet; use src=FILE")
+        if not Path(src).is_file():
+            raise UsageError(f"--secret {text!r}: {src} is not a file")
+        out.append((sid, str(Path(src).absolute())))
+    return tuple(out)
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    from kiln.oci import Platform, host_platform
+
+    tags = tuple(args.tags)
+    platform = None
+    if args.platform:
+        try:
+            platform = Platform.parse(args.platform)
+        except ValueError as exc:
+            raise UsageError(f"--platform: {exc}") from exc
+        host = host_platform()
+        if (platform.os, platform.architecture) != (host.os, host.architecture):
+            raise UsageError(f"--platform {args.platform}: kiln builds for the host ({host}) only")
+    epoch_text = os.environ.get("SOURCE_DATE_EPOCH")
+    epoch = None
+    if epoch_text:
+        if not epoch_text.isdigit():
+            raise UsageError(f"SOURCE_DATE_EPOCH={epoch_text!r} is not a whole number of seconds")
+        epoch = int(epoch_text)
+    build_args = _pairs(args.build_args, "--build-arg")
+    if epoch is not None:
+        build_args.setdefault("SOURCE_DATE_EPOCH", str(epoch))
+    return BuildOptions(
+        context=Path(args.context),
+        dockerfile=Path(args.file) if args.file else None,
+        tags=tags,
+        build_args=build_args,
+        target=args.target,
+        labels=_pairs(args.labels, "--label"),
+        no_cache=args.no_cache,
+        outputs=tuple(parse_outputs(args.outputs, tags, args.push)),
+        network=args.network,
+        metadata_file=args.metadata_file,
+        platform=platform,
+        source_date_epoch=epoch,
+        secrets=_secrets(args.secrets),
+        compression=args.compression,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    progress = make_progress(args.progress)
+    live = progress if isinstance(progress, RichProgress) else contextlib.nullcontext()
+    with live:
+        outcome = run_build(options, progress)
+    if args.progress == "quiet":
+        print(outcome.artifacts.digest)
+    else:
+        ran = sum(1 for r in outcome.result.reports if r.cached is False)
+        total = len(outcome.result.reports)
+        print(
+            f"built {outcome.artifacts.digest} ({total - ran}/{total} steps cached)",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,193 @@
+"""Progress display: rich live view on a terminal, buildx-like plain lines otherwise.
+
+``--progress plain`` prints ``#N [stage n/total] INSTRUCTION``, output lines, ``#N CACHED``
+or ``#N DONE 1.2s``; ``rawjson`` prints one JSON object per event; ``quiet`` nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from kiln.frontend.base import Step
+from kiln.solver.types import CacheSource, Progress
+
+
+class _Numbering:
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def of(self, step: Step) -> int:
+        with self._lock:
+            return self._ids.setdefault((step.stage, step.number), len(self._ids) + 1)
+
+
+class PlainProgress:
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.ids = _Numbering()
+        self.start = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.out, flush=True)
+
+    def step_started(self, step: Step) -> None:
+        self._print(
+            f"#{self.ids.of(step)} [{step.stage_name} {step.number}/{step.total}] {step.text}"
+        )
+
+    def step_cached(self, step: Step, source: CacheSource) -> None:
+        n = self.ids.of(step)
+        self._print(f"#{n} [{step.stage_name} {step.number}/{step.total}] {step.text}")
+        self._print(f"#{n} CACHED" + (" (remote)" if source == "remote" else ""))
+
+    def step_log(self, step: Step, line: str) -> None:
+        self._print(f"#{self.ids.of(step)} {time.monotonic() - self.start:.3f} {line}")
+
+    def step_done(self, step: Step, seconds: float) -> None:
+        self._print(f"#{self.ids.of(step)} DONE {seconds:.1f}s")
+
+    def step_failed(self, step: Step, seconds: float, error: str) -> None:
+        self._print(f"#{self.ids.of(step)} ERROR {error.splitlines()[0]}")
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
+
+class JsonProgress(PlainProgress):
+    def _event(self, kind: str, step: Step | None = None, **extra: object) -> None:
+        event: dict[str, object] = {"event": kind, "time": round(time.monotonic() - self.start, 3)}
+        if step is not None:
+            event["step"] = step.label
+        event.update(extra)
+        self._print(json.dumps(event))
+
+    def step_started(self, step: Step) -> None:
+        self._event("started", step)
+
+    def step_cached(self, step: Step, source: CacheSource) -> None:
+        self._event("cached", step, source=source)
+
+    def step_log(self, step: Step, line: str) -> None:
+        self._event("log", step, line=line)
+
+    def step_done(self, step: Step, seconds: float) -> None:
+        self._event("done", step, seconds=round(seconds, 3))
+
+    def step_failed(self, step: Step, seconds: float, error: str) -> None:
+        self._event("error", step, seconds=round(seconds, 3), error=error)
+
+    def message(self, text: str) -> None:
+        self._event("message", text=text)
+
+
+class QuietProgress:
+    def step_started(self, step: Step) -> None:
+        pass
+
+    def step_cached(self, step: Step, source: CacheSource) -> None:
+        pass
+
+    def step_log(self, step: Step, line: str) -> None:
+        pass
+
+    def step_done(self, step: Step, seconds: float) -> None:
+        pass
+
+    def step_failed(self, step: Step, seconds: float, error: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class RichProgress:
+    """A live per-step view: running steps with their last output line and a timer."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self._lock = threading.Lock()
+        self._rows: dict[tuple[int, int], list[object]] = {}  # key -> [step, state, t0, secs, last]
+        self._messages: list[str] = []
+        self.live = Live(self._render(), console=self.console, refresh_per_second=8,
+                         transient=False, get_renderable=self._render)  # fmt: skip
+
+    def __enter__(self) -> RichProgress:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)
+
+    def _render(self) -> Group:
+        lines: list[Text] = []
+        now = time.monotonic()
+        with self._lock:
+            rows = list(self._rows.values())
+            messages = list(self._messages)
+        for step, state, t0, secs, last in rows:
+            assert isinstance(step, Step)
+            head = f"[{step.stage_name} {step.number}/{step.total}] {step.text}"
+            if state == "running":
+                assert isinstance(t0, float)
+                text = Text(f" => {head}", style="bold")
+                text.append(f"  {now - t0:.1f}s", style="cyan")
+                lines.append(text)
+                if last:
+                    lines.append(Text(f"    {last}"[:160], style="dim"))
+            elif state == "cached":
+                lines.append(Text(f" => CACHED {head}", style="blue"))
+            elif state == "failed":
+                lines.append(Text(f" => ERROR {head}", style="red"))
+            else:
+                lines.append(Text(f" => {head}  {secs:.1f}s", style="green"))
+        lines += [Text(m) for m in messages]
+        return Group(*lines)
+
+    def _set(self, step: Step, **values: object) -> None:
+        with self._lock:
+            row = self._rows.setdefault((step.stage, step.number), [step, "running", 0.0, 0.0, ""])
+            for i, name in enumerate(("state", "t0", "secs", "last"), start=1):
+                if name in values:
+                    row[i] = values[name]
+
+    def step_started(self, step: Step) -> None:
+        self._set(step, state="running", t0=time.monotonic())
+
+    def step_cached(self, step: Step, source: CacheSource) -> None:
+        self._set(step, state="cached")
+
+    def step_log(self, step: Step, line: str) -> None:
+        self._set(step, last=line)
+
+    def step_done(self, step: Step, seconds: float) -> None:
+        self._set(step, state="done", secs=seconds)
+
+    def step_failed(self, step: Step, seconds: float, error: str) -> None:
+        self._set(step, state="failed", secs=seconds)
+
+    def message(self, text: str) -> None:
+        with self._lock:
+            self._messages.append(text)
+
+
+def make_progress(mode: str) -> Progress:
+    if mode == "auto":
+        mode = "tty" if sys.stderr.isatty() else "plain"
+    if mode == "tty":
+        return RichProgress()
+    if mode == "rawjson":
+        return JsonProgress()
+    if mode == "quiet":
+        return QuietProgress()
+    return PlainProgress()

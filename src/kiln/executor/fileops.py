@@ -1,0 +1,223 @@
+"""File operations of COPY, ADD and WORKDIR, applied to a mounted step root filesystem.
+
+These need no container: kiln writes into the overlay mount directly, resolving every
+destination inside the root (symlinks cannot lead out of it). Semantics follow BuildKit:
+a directory source copies its contents; a file goes to ``dest/<name>`` when the
+destination ends with ``/`` or is a directory; context files become 0:0 unless --chown;
+files from another stage keep their owners; modes and mtimes are preserved.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import lzma
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from kiln.differ.compress import decompressing_reader
+from kiln.errors import ContextError, KilnError
+from kiln.executor.paths import resolve_in_root
+from kiln.executor.users import Identity
+from kiln.frontend.context import BuildContext, ContextEntry, SourceMatch
+from kiln.snapshot.unpack import unpack_layer
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    owner: Identity | None  # --chown; None keeps the source owner (or 0:0 for the context)
+    chmod: int | None
+    keep_owner: bool  # True for --from sources
+    extract_archives: bool  # ADD
+
+
+def mkdir_p(rootfs: Path, path: str, owner: Identity, mode: int = 0o755) -> Path:
+    """Create *path* and missing parents inside *rootfs*; new directories get *owner*."""
+    parts = [p for p in path.split("/") if p]
+    current = "/"
+    for part in parts:
+        current = current.rstrip("/") + "/" + part
+        host = resolve_in_root(rootfs, current)
+        if host.is_dir():
+            continue
+        if os.path.lexists(host):
+            raise KilnError(f"cannot create directory {current}: a file exists there")
+        host.mkdir(mode)
+        os.chmod(host, mode)
+        os.lchown(host, owner.uid, owner.gid)
+    return resolve_in_root(rootfs, path)
+
+
+def copy_sources(
+    rootfs: Path,
+    source: BuildContext,
+    matches: list[SourceMatch],
+    dest: str,
+    options: CopyOptions,
+) -> None:
+    """Copy the selected *matches* from *source* to container path *dest*."""
+    dest_is_dir_hint = dest.endswith("/") or len(matches) > 1
+    created_owner = options.owner or Identity(0, 0)
+    for match in matches:
+        if match.is_dir:
+            target = mkdir_p(rootfs, dest, created_owner)
+            _copy_entries(source.walk(match), target, options, skip_root=False)
+            continue
+        parent_dir, name = _file_destination(rootfs, dest, match, dest_is_dir_hint, created_owner)
+        if options.extract_archives and _is_archive(match.abs_path):
+            target = mkdir_p(rootfs, dest, created_owner)
+            _extract(match.abs_path, target, options)
+            continue
+        entries = list(source.walk(match))
+        _copy_entries(entries, parent_dir / name, options, skip_root=False)
+
+
+def _file_destination(
+    rootfs: Path, dest: str, match: SourceMatch, dir_hint: bool, owner: Identity
+) -> tuple[Path, str]:
+    host_dest = resolve_in_root(rootfs, dest)
+    if dir_hint or host_dest.is_dir():
+        return mkdir_p(rootfs, dest, owner), os.path.basename(match.rel_path.rstrip("/"))
+    parent, _, name = dest.rstrip("/").rpartition("/")
+    return mkdir_p(rootfs, parent or "/", owner), name
+
+
+def _copy_entries(
+    entries: Iterable[ContextEntry], target_root: Path, options: CopyOptions, *, skip_root: bool
+) -> None:
+    dirs: list[tuple[Path, ContextEntry]] = []
+    for entry in entries:
+        if skip_root and not entry.rel:
+            continue
+        target = target_root / entry.rel if entry.rel else target_root
+        st = os.lstat(entry.abs_path)
+        if entry.kind == "dir":
+            if os.path.lexists(target) and not target.is_dir():
+                target.unlink()
+            target.mkdir(exist_ok=True)
+            dirs.append((target, entry))
+        else:
+            _replace(target)
+            if entry.kind == "symlink":
+                os.symlink(os.readlink(entry.abs_path), target)
+            else:
+                shutil.copyfile(entry.abs_path, target, follow_symlinks=True)
+        _set_owner_mode(target, st, entry.kind, options)
+        if entry.kind != "dir":
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    for target, entry in reversed(dirs):
+        st = os.stat(entry.abs_path)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _replace(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        raise ContextError(f"cannot copy to {target.name}: a directory is in the way")
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+
+
+def _set_owner_mode(target: Path, st: os.stat_result, kind: str, options: CopyOptions) -> None:
+    if options.owner is not None:
+        uid, gid = options.owner.uid, options.owner.gid
+    elif options.keep_owner:
+        uid, gid = st.st_uid, st.st_gid
+    else:
+        uid, gid = 0, 0
+    os.lchown(target, uid, gid)
+    if kind == "symlink":
+        return
+    mode = options.chmod if options.chmod is not None else stat.S_IMODE(st.st_mode)
+    os.chmod(target, mode)
+
+
+def write_inline(
+    rootfs: Path, dest: str, files: Iterable[tuple[str, str]], options: CopyOptions, *, many: bool
+) -> None:
+    """Heredoc sources: each becomes a file (0644 unless --chmod)."""
+    owner = options.owner or Identity(0, 0)
+    for name, content in files:
+        if many or dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
+            parent, filename = mkdir_p(rootfs, dest, owner), name
+        else:
+            head, _, filename = dest.rstrip("/").rpartition("/")
+            parent = mkdir_p(rootfs, head or "/", owner)
+        target = parent / filename
+        _replace(target)
+        target.write_text(content)
+        os.lchown(target, owner.uid, owner.gid)
+        os.chmod(target, options.chmod if options.chmod is not None else 0o644)
+
+
+def place_download(
+    rootfs: Path, dest: str, downloaded: Path, filename: str, mtime: float | None,
+    options: CopyOptions,
+) -> None:  # fmt: skip
+    """ADD <url>: the file lands at dest (or dest/<filename>), mode 0600 unless --chmod."""
+    owner = options.owner or Identity(0, 0)
+    if dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
+        parent, name = mkdir_p(rootfs, dest, owner), filename
+    else:
+        head, _, name = dest.rstrip("/").rpartition("/")
+        parent = mkdir_p(rootfs, head or "/", owner)
+    target = parent / name
+    _replace(target)
+    shutil.copyfile(downloaded, target)
+    os.lchown(target, owner.uid, owner.gid)
+    os.chmod(target, options.chmod if options.chmod is not None else 0o600)
+    when = mtime if mtime is not None else time.time()
+    os.utime(target, (when, when))
+
+
+# ---------------------------------------------------------------------------- archives
+
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def _compression(path: Path) -> str | None:
+    with path.open("rb") as fh:
+        head = fh.read(6)
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _tar_stream(raw: BinaryIO, kind: str | None) -> BinaryIO:
+    if kind == "bzip2":
+        return cast(BinaryIO, bz2.BZ2File(raw))
+    if kind == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(raw))
+    if kind in ("gzip", "zstd"):
+        return cast(BinaryIO, decompressing_reader(raw, kind))
+    return raw
+
+
+def _is_archive(path: Path) -> bool:
+    """A tar, plain or compressed (gzip, bzip2, xz, zstd), as ADD recognises them."""
+    try:
+        with path.open("rb") as raw:
+            block = _tar_stream(raw, _compression(path)).read(512)
+    except (OSError, EOFError, ValueError, lzma.LZMAError):
+        return False
+    return len(block) == 512 and block[257:262] == b"ustar"
+
+
+def _extract(archive: Path, target: Path, options: CopyOptions) -> None:
+    with archive.open("rb") as raw:
+        unpack_layer(_tar_stream(raw, _compression(archive)), "uncompressed", target, mode="apply")
+    if options.owner is not None:
+        for dirpath, dirnames, filenames in os.walk(target):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), options.owner.uid, options.owner.gid)

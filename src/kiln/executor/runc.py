@@ -1,0 +1,160 @@
+"""Run one step in a container through an OCI runtime (runc, or crun).
+
+The runtime is given a generated bundle (``config.json``), its output is streamed line by
+line to the caller, and mount points the runtime had to create in the root filesystem are
+removed afterwards so they do not leak into the step's layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from kiln.errors import RuntimeFailure, StepFailedError
+from kiln.executor.paths import resolve_in_root
+from kiln.executor.spec import RunSpec, runtime_spec
+from kiln.state import KilnRoot
+
+OutputSink = Callable[[str], None]
+
+_STATE_ROOT = "/run/kiln/runtime"
+TAIL_LINES = 12
+
+
+def find_runtime() -> str:
+    wanted = os.environ.get("KILN_RUNTIME")
+    for name in [wanted] if wanted else ["runc", "crun"]:
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+        if path:
+            return path
+    raise RuntimeFailure(
+        "no OCI runtime found (runc or crun)",
+        hint="install one: apt-get install -y runc",
+    )
+
+
+class RuncExecutor:
+    def __init__(self, root: KilnRoot, runtime: str | None = None) -> None:
+        self.root = root
+        self.runtime = runtime or find_runtime()
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+
+    def run(self, spec: RunSpec, output: OutputSink, *, description: str) -> None:
+        """Run *spec*; raise :class:`StepFailedError` with the output's tail on failure."""
+        bundle = self.root.tempdir("bundle-")
+        container_id = "kiln-" + uuid.uuid4().hex[:16]
+        stubs = _missing_mount_points(spec)
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        try:
+            (bundle / "config.json").write_text(json.dumps(runtime_spec(spec)))
+            cmd = [
+                self.runtime,
+                "--root",
+                _STATE_ROOT,
+                "run",
+                "--bundle",
+                str(bundle),
+                container_id,
+            ]
+            with self._lock:
+                self._running.add(container_id)
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot start {self.runtime}: {exc}") from exc
+            assert proc.stdout is not None
+            try:
+                for raw in proc.stdout:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    tail.append(line)
+                    output(line)
+                code = proc.wait()
+            except BaseException:
+                self.kill(container_id)
+                proc.wait()
+                raise
+        finally:
+            with self._lock:
+                self._running.discard(container_id)
+            self._delete(container_id)
+            shutil.rmtree(bundle, ignore_errors=True)
+            _remove_stubs(spec.rootfs, stubs)
+        if code != 0:
+            raise StepFailedError(
+                f'process "{" ".join(spec.args)}" did not complete successfully: exit code: {code}',
+                why=f"{description} failed; last lines of its output:\n"
+                + "\n".join(f"  {line}" for line in tail)
+                if tail
+                else f"{description} failed with no output",
+            )
+
+    def kill(self, container_id: str) -> None:
+        subprocess.run(
+            [self.runtime, "--root", _STATE_ROOT, "kill", container_id, "KILL"],
+            capture_output=True,
+        )
+
+    def kill_all(self) -> None:
+        with self._lock:
+            ids = list(self._running)
+        for cid in ids:
+            self.kill(cid)
+
+    def _delete(self, container_id: str) -> None:
+        subprocess.run(
+            [self.runtime, "--root", _STATE_ROOT, "delete", "--force", container_id],
+            capture_output=True,
+        )
+
+
+def _mount_destinations(spec: RunSpec) -> list[str]:
+    dests = ["/proc", "/dev", "/sys", "/etc/resolv.conf", "/etc/hosts"]
+    dests += [b.destination for b in spec.binds]
+    dests += [t.destination for t in spec.tmpfs]
+    return dests
+
+
+def _missing_mount_points(spec: RunSpec) -> list[Path]:
+    """The top-most missing component of every mount destination (the runtime makes them)."""
+    stubs: list[Path] = []
+    for dest in _mount_destinations(spec):
+        parts = [p for p in dest.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            candidate = resolve_in_root(spec.rootfs, "/" + "/".join(parts[:i]), follow_last=False)
+            if not os.path.lexists(candidate):
+                if candidate not in stubs:
+                    stubs.append(candidate)
+                break
+    return stubs
+
+
+def _remove_stubs(rootfs: Path, stubs: list[Path]) -> None:
+    for stub in stubs:
+        with contextlib.suppress(OSError):
+            if stub.is_dir() and not stub.is_symlink():
+                _remove_empty_tree(stub)
+            elif stub.is_file() and stub.stat().st_size == 0:
+                stub.unlink()
+
+
+def _remove_empty_tree(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _remove_empty_tree(child)
+        elif child.is_file() and child.stat().st_size == 0:
+            child.unlink()
+    path.rmdir()

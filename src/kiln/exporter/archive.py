@@ -1,0 +1,118 @@
+"""Image tarballs: an OCI image layout (``type=oci``) or Docker's archive (``type=docker``).
+
+Both are written as one tar holding ``blobs/sha256/...`` plus the index files; the
+Docker variant adds ``manifest.json`` (which ``docker load`` reads), so one file serves
+both tools. Written to a temporary name and renamed: a failed export leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+from kiln.content import BlobLocator
+from kiln.errors import KilnError
+from kiln.exporter.image import ImageArtifacts
+from kiln.oci import OCI_INDEX, Descriptor, digest_hex
+from kiln.registry.reference import Reference
+
+_EPOCH = 0
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = _EPOCH
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.mtime = _EPOCH
+    tar.addfile(info)
+
+
+def _ref_name(name: str) -> tuple[str, str]:
+    ref = Reference.parse(name)
+    ref = ref if ref.tag else ref.with_tag("latest")
+    assert ref.tag is not None
+    return str(ref), ref.tag
+
+
+def write_image_tar(
+    art: ImageArtifacts, dest: Path, *, kind: str, names: tuple[str, ...], locator: BlobLocator
+) -> None:
+    dest = dest.absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.kiln-tmp")
+    try:
+        with (
+            tmp.open("wb") as fh,
+            tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            _write(tar, art, kind, names, locator)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise KilnError(f"cannot write {dest}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write(
+    tar: tarfile.TarFile, art: ImageArtifacts, kind: str, names: tuple[str, ...],
+    locator: BlobLocator,
+) -> None:  # fmt: skip
+    _add_dir(tar, "blobs")
+    _add_dir(tar, "blobs/sha256")
+    written: set[str] = set()
+    for layer in art.layers:
+        if layer.digest in written:
+            continue
+        written.add(layer.digest)
+        locator.fetch(layer.blob)
+        path = locator.store.path(layer.digest)
+        tar.add(str(path), arcname=f"blobs/sha256/{digest_hex(layer.digest)}", recursive=False,
+                filter=_normalise)  # fmt: skip
+    for data, desc in ((art.config, art.config_desc), (art.manifest, art.manifest_desc)):
+        _add_bytes(tar, f"blobs/sha256/{digest_hex(desc.digest)}", data)
+    _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+    manifests = []
+    refs = [_ref_name(n) for n in names] or [("", "")]
+    for full, tag in refs:
+        annotations = {}
+        if full:
+            annotations = {
+                "io.containerd.image.name": full,
+                "org.opencontainers.image.ref.name": tag,
+            }
+        manifests.append(
+            Descriptor(
+                art.manifest_desc.media_type, art.digest, art.manifest_desc.size, annotations
+            ).to_json()
+        )
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    _add_bytes(tar, "index.json", json.dumps(index).encode())
+    if kind == "docker":
+        manifest = [
+            {
+                "Config": f"blobs/sha256/{digest_hex(art.config_desc.digest)}",
+                "RepoTags": [full for full, _ in refs if full],
+                "Layers": [f"blobs/sha256/{digest_hex(layer.digest)}" for layer in art.layers],
+            }
+        ]
+        _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = _EPOCH
+    info.mode = 0o644
+    return info

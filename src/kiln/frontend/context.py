@@ -1,0 +1,518 @@
+"""The build context as COPY/ADD see it: selecting sources, walking them, digesting them.
+
+What a COPY source means follows BuildKit (``dockerfile2llb`` copy options, fsutil's
+copy and BuildKit's content hashing):
+
+* a source is relative to the context root; a leading ``/`` is the root itself. A path
+  that climbs out of the root with ``..`` is an error here (BuildKit would silently clamp
+  it to the root, which hides the mistake);
+* a source whose final component is a symlink is followed (``FollowSymlinks``); symlinks
+  are resolved *inside* the root, absolute targets included, like a chroot; symlinks
+  below a selected directory are copied as symlinks;
+* a wildcard (``*``, ``?``, ``[...]`` per Go's ``path.Match``) is split at its first
+  wildcard component: the part before is resolved as a path, the rest is matched against
+  the entries below it, without descending into a matched directory. A wildcard that
+  matches nothing selects nothing and is not an error (``AllowEmptyWildcard``), but a
+  missing directory before the wildcard is;
+* what ``.dockerignore`` excludes does not exist; an excluded directory exists only when
+  an exception re-includes something below it, and then holds only that.
+
+:meth:`BuildContext.digest` is the content key of a COPY: it changes exactly when
+something that affects the copied result changes (names, types, permission bits,
+contents, symlink targets, ``--chown``/``--chmod``), never with mtimes or source owners.
+File hashes are remembered in-process and, with ``memo_dir``, across runs; a memo entry
+is keyed by device, inode, size, mtime and ctime, and only entries hashed well after the
+file last changed are persisted, so a stale entry can never be used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kiln.errors import ContextError
+from kiln.frontend.dockerignore import (
+    IgnoreMatcher,
+    MatchState,
+    contains_wildcards,
+    ignore_file_for,
+    load_ignore_patterns,
+    translate_glob,
+)
+from kiln.state import atomic_writer
+
+EntryKind = Literal["file", "dir", "symlink"]
+_MAX_SYMLINKS = 40  # like Linux's MAXSYMLINKS
+_MEMO_VERSION = 1
+_MEMO_MAX_ENTRIES = 500_000
+# a file hashed less than this long after it last changed may still change within the
+# same timestamp tick; such a hash is used in-process but never persisted
+_RACY_NS = 2_000_000_000
+
+_FileKey = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMatch:
+    """One selected source.
+
+    ``rel_path`` is the path as the Dockerfile named it (relative to the context root,
+    ``.`` for the root; for a wildcard, the matched path), so its base name is the name a
+    copied file gets; ``abs_path`` is where the content really is, symlinks resolved.
+    """
+
+    rel_path: str
+    abs_path: Path
+    is_dir: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    """One entry below a selected source (``rel`` is ``""`` for the source itself)."""
+
+    rel: str
+    abs_path: Path
+    kind: EntryKind
+    mode: int  # permission bits, setuid/setgid/sticky included
+    size: int
+    link_target: str | None = None
+
+
+def _kind(mode: int) -> EntryKind | None:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return None  # sockets, fifos, devices: never part of a copy here
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _shown(rel: str) -> str:
+    return "/" + rel
+
+
+class BuildContext:
+    """A directory used as a build context (or a stage's root filesystem for COPY --from)."""
+
+    def __init__(
+        self, root: Path, ignore: IgnoreMatcher | None = None, *, memo_dir: Path | None = None
+    ) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.ignore = ignore if ignore is not None else IgnoreMatcher([])
+        self._memo = _HashMemo(self.root, memo_dir)
+
+    @classmethod
+    def open(
+        cls, root: Path, dockerfile: Path | None = None, *, memo_dir: Path | None = None
+    ) -> BuildContext:
+        """A context with the ``.dockerignore`` that applies to *dockerfile* loaded."""
+        source = ignore_file_for(root, dockerfile)
+        patterns = load_ignore_patterns(root, dockerfile)
+        shown = source.name if source is not None else ".dockerignore"
+        return cls(root, IgnoreMatcher(patterns, source=shown), memo_dir=memo_dir)
+
+    # ------------------------------------------------------------------ selecting
+
+    def select(self, sources: Sequence[str]) -> list[SourceMatch]:
+        """The matches of every source, in order (a wildcard can give none or many)."""
+        out: list[SourceMatch] = []
+        for source in sources:
+            out.extend(self._select_one(source))
+        return out
+
+    def _select_one(self, source: str) -> list[SourceMatch]:
+        rel = self._normalize(source)
+        if not contains_wildcards(rel):
+            return [self._single(rel)]
+        return self._glob(rel)
+
+    def _normalize(self, source: str) -> str:
+        parts: list[str] = []
+        for part in source.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise ContextError(
+                        f'COPY source outside the build context: "{source}"',
+                        hint="sources are relative to the build context; "
+                        "move the file into it or use a larger context",
+                    )
+                parts.pop()
+                continue
+            parts.append(part)
+        return "/".join(parts)
+
+    def _not_found(self, rel: str) -> ContextError:
+        hint = None
+        if os.path.lexists(self.root / rel) and self.ignore.matches(rel):
+            hint = f"it is excluded by {self.ignore.source}"
+        return ContextError(f'"{_shown(rel)}": not found', hint=hint)
+
+    def _single(self, rel: str) -> SourceMatch:
+        resolved = self._resolve(rel)
+        if resolved is None:
+            raise self._not_found(rel)
+        real, st = resolved
+        if not self._present(real, st):
+            raise self._not_found(rel)
+        return self._match(rel or ".", real, st)
+
+    def _match(self, named: str, real: str, st: os.stat_result) -> SourceMatch:
+        kind = _kind(st.st_mode)
+        if kind not in ("file", "dir"):
+            raise ContextError(f'"{_shown(named)}": not a regular file or directory')
+        return SourceMatch(named, self.root / real if real else self.root, kind == "dir")
+
+    def _resolve(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """Follow *rel* inside the root, symlinks included; None when it does not exist.
+
+        A symlink that is itself excluded by .dockerignore is not in the context, so it
+        cannot be followed either.
+        """
+        todo = [p for p in reversed(rel.split("/")) if p]
+        current: list[str] = []
+        hops = 0
+        st = os.lstat(self.root)
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if current:
+                    current.pop()
+                st = os.lstat(self.root.joinpath(*current))
+                continue
+            candidate = _join("/".join(current), name)
+            try:
+                st = os.lstat(self.root / candidate)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise ContextError(f'cannot read "{_shown(candidate)}"', why=exc.strerror) from exc
+            if stat.S_ISLNK(st.st_mode):
+                if self.ignore and self.ignore.matches(candidate):
+                    return None
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise ContextError(f'"{_shown(rel)}": too many levels of symbolic links')
+                target = os.readlink(self.root / candidate)
+                if target.startswith("/"):
+                    current = []
+                todo.extend(p for p in reversed(target.split("/")) if p)
+                st = os.lstat(self.root.joinpath(*current))
+                continue
+            if todo and not stat.S_ISDIR(st.st_mode):
+                return None
+            current.append(name)
+        return "/".join(current), st
+
+    def _present(self, real: str, st: os.stat_result) -> bool:
+        """Whether an existing path survives .dockerignore."""
+        if not real or not self.ignore:
+            return True
+        state = self._state_of(real)
+        if not self.ignore.is_excluded(state):
+            return True
+        if not stat.S_ISDIR(st.st_mode) or not self.ignore.could_reinclude(real):
+            return False
+        return next(self._walk_dir(real, "", state, []), None) is not None
+
+    def _state_of(self, real: str) -> MatchState:
+        state: MatchState | None = None
+        parts = real.split("/")
+        for depth in range(1, len(parts) + 1):
+            state = self.ignore.match_state("/".join(parts[:depth]), state)
+        assert state is not None
+        return state
+
+    def _glob(self, rel: str) -> list[SourceMatch]:
+        parts = rel.split("/")
+        cut = next(i for i, p in enumerate(parts) if contains_wildcards(p))
+        named_base = "/".join(parts[:cut])
+        pattern = "/".join(parts[cut:])
+        try:
+            regex = re.compile(translate_glob(pattern), re.DOTALL)
+        except (ValueError, re.error) as exc:
+            raise ContextError(f'invalid wildcard in COPY source "{rel}"') from exc
+        resolved = self._resolve(named_base)
+        if resolved is None or not self._present(*resolved):
+            raise self._not_found(named_base)
+        base, base_st = resolved
+        if not stat.S_ISDIR(base_st.st_mode):
+            return []
+        max_depth = None if "[" in pattern else len(parts) - cut
+        state = self._state_of(base) if base and self.ignore else None
+        out: list[SourceMatch] = []
+        self._glob_dir(base, "", state, regex, max_depth, named_base, out)
+        return out
+
+    def _glob_dir(
+        self,
+        real_dir: str,
+        rel_dir: str,
+        state: MatchState | None,
+        regex: re.Pattern[str],
+        max_depth: int | None,
+        named_base: str,
+        out: list[SourceMatch],
+    ) -> None:
+        depth = rel_dir.count("/") + 2 if rel_dir else 1
+        for name, st in self._listdir(real_dir):
+            real = _join(real_dir, name)
+            rel = _join(rel_dir, name)
+            child_state = self.ignore.match_state(real, state) if self.ignore else None
+            excluded = child_state is not None and self.ignore.is_excluded(child_state)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if regex.fullmatch(rel):
+                if excluded and not (is_dir and self._present(real, st)):
+                    continue
+                named = _join(named_base, rel)
+                if stat.S_ISLNK(st.st_mode):
+                    target = self._resolve(named)
+                    if target is None or not self._present(*target):
+                        raise self._not_found(named)
+                    out.append(self._match(named, *target))
+                elif _kind(st.st_mode) is not None:
+                    out.append(self._match(named, real, st))
+                continue
+            if not is_dir or (max_depth is not None and depth >= max_depth):
+                continue
+            if excluded and not self.ignore.could_reinclude(real):
+                continue
+            self._glob_dir(real, rel, child_state, regex, max_depth, named_base, out)
+
+    # ------------------------------------------------------------------ walking
+
+    def _listdir(self, real_dir: str) -> list[tuple[str, os.stat_result]]:
+        path = self.root / real_dir if real_dir else self.root
+        try:
+            with os.scandir(path) as it:
+                found = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+        except OSError as exc:
+            raise ContextError(f'cannot read "{_shown(real_dir)}"', why=exc.strerror) from exc
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def walk(self, match: SourceMatch) -> Iterator[ContextEntry]:
+        """The selected file, or the directory and everything in it that .dockerignore
+        keeps, parents before children, names sorted."""
+        try:
+            st = os.lstat(match.abs_path)
+        except OSError as exc:
+            raise ContextError(f'cannot read "{match.abs_path}"', why=exc.strerror) from exc
+        yield self._entry("", match.abs_path, st)
+        if not match.is_dir:
+            return
+        real = self._real_rel(match.abs_path)
+        state = self._state_of(real) if real and self.ignore else None
+        yield from self._walk_dir(real, "", state, [])
+
+    def _real_rel(self, abs_path: Path) -> str:
+        rel = os.path.relpath(abs_path, self.root)
+        return "" if rel == "." else rel
+
+    def _entry(self, rel: str, path: Path, st: os.stat_result) -> ContextEntry:
+        kind = _kind(st.st_mode)
+        if kind is None:
+            raise ContextError(f'"{path}": not a regular file, directory or symlink')
+        link = os.readlink(path) if kind == "symlink" else None
+        size = st.st_size if kind != "dir" else 0
+        return ContextEntry(rel, path, kind, stat.S_IMODE(st.st_mode), size, link)
+
+    def _walk_dir(
+        self,
+        real_dir: str,
+        rel_dir: str,
+        state: MatchState | None,
+        pending: list[ContextEntry],
+    ) -> Iterator[ContextEntry]:
+        """Entries below *real_dir*. An excluded directory that is walked because an
+        exception may re-include something waits in *pending* and is only yielded
+        (before its first kept descendant) if something below it is kept."""
+        base = self.root / real_dir if real_dir else self.root
+        for name, st in self._listdir(real_dir):
+            kind = _kind(st.st_mode)
+            if kind is None:
+                continue
+            real = _join(real_dir, name)
+            child_state = self.ignore.match_state(real, state) if self.ignore else None
+            excluded = child_state is not None and self.ignore.is_excluded(child_state)
+            if excluded and (kind != "dir" or not self.ignore.could_reinclude(real)):
+                continue
+            entry = self._entry(_join(rel_dir, name), base / name, st)
+            if excluded:
+                pending.append(entry)
+                yield from self._walk_dir(real, entry.rel, child_state, pending)
+                if pending and pending[-1] is entry:
+                    pending.pop()
+                continue
+            if pending:
+                yield from pending
+                pending.clear()
+            yield entry
+            if kind == "dir":
+                yield from self._walk_dir(real, entry.rel, child_state, pending)
+
+    # ------------------------------------------------------------------ digesting
+
+    def digest(self, sources: Sequence[str], *, chown: str | None, chmod: str | None) -> str:
+        """``sha256:…`` over everything the sources select and how it will be copied."""
+        h = hashlib.sha256()
+
+        def record(*fields: object) -> None:
+            h.update(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
+
+        record("kiln.context.v1", chown, chmod)
+        try:
+            for source in sources:
+                matches = self._select_one(source)
+                record("source", source, len(matches))
+                for match in matches:
+                    record("match", match.rel_path, match.is_dir)
+                    for e in self.walk(match):
+                        if e.kind == "file":
+                            record("f", e.rel, e.mode, e.size, self._file_sha256(e.abs_path))
+                        elif e.kind == "symlink":
+                            record("l", e.rel, e.mode, e.link_target)
+                        else:
+                            record("d", e.rel, e.mode)
+        finally:
+            self._memo.flush()
+        return "sha256:" + h.hexdigest()
+
+    def _file_sha256(self, path: Path) -> str:
+        spath = str(path)
+        try:
+            lst = os.lstat(spath)
+        except OSError as exc:
+            raise ContextError(f'cannot read "{spath}"', why=exc.strerror) from exc
+        known = self._memo.get(spath, _key(lst))
+        if known is not None:
+            return known
+        started = time.time_ns()
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(spath, flags)
+        except OSError as exc:
+            raise ContextError(f'cannot read "{spath}"', why=exc.strerror) from exc
+        with open(fd, "rb", buffering=0) as fh:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise ContextError(f'"{spath}" changed while it was read')
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            after = os.fstat(fd)
+        key = _key(before)
+        if key == _key(after):
+            settled = max(after.st_mtime_ns, after.st_ctime_ns) + _RACY_NS < started
+            self._memo.put(spath, key, digest, persist=settled)
+        return digest
+
+
+def _key(st: os.stat_result) -> _FileKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _HashMemo:
+    """File content hashes by path, valid only while the file's stat key is unchanged."""
+
+    def __init__(self, root: Path, memo_dir: Path | None) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, tuple[_FileKey, str]] = {}
+        self._file: Path | None = None
+        if memo_dir is not None:
+            name = hashlib.sha256(os.fsencode(root)).hexdigest()[:24]
+            self._file = memo_dir / f"context-{name}.json"
+        self._stored: dict[str, tuple[_FileKey, str]] | None = None
+        self._new: dict[str, tuple[_FileKey, str]] = {}
+        self._pruned = False
+
+    def get(self, path: str, key: _FileKey) -> str | None:
+        with self._lock:
+            hit = self._live.get(path)
+            if hit is None and self._file is not None:
+                hit = self._load().get(path)
+            if hit is None or hit[0] != key:
+                return None
+            self._live[path] = hit
+            return hit[1]
+
+    def put(self, path: str, key: _FileKey, digest: str, *, persist: bool) -> None:
+        with self._lock:
+            self._live[path] = (key, digest)
+            if persist and self._file is not None:
+                self._new[path] = (key, digest)
+
+    def _load(self) -> dict[str, tuple[_FileKey, str]]:
+        if self._stored is None:
+            self._stored = _read_memo(self._file) if self._file is not None else {}
+        return self._stored
+
+    def flush(self) -> None:
+        """Persist new hashes (atomically; a failure only costs re-hashing next time)."""
+        with self._lock:
+            if self._file is None or not self._new:
+                return
+            entries = self._load()
+            if not self._pruned:
+                for path in [p for p in entries if not os.path.lexists(p)]:
+                    del entries[path]
+                self._pruned = True
+            entries.update(self._new)
+            self._new.clear()
+            if len(entries) > _MEMO_MAX_ENTRIES:
+                keep = set(self._live)
+                for path in [p for p in entries if p not in keep]:
+                    del entries[path]
+            doc = {
+                "version": _MEMO_VERSION,
+                "entries": {p: [*key, digest] for p, (key, digest) in entries.items()},
+            }
+            data = json.dumps(doc, separators=(",", ":")).encode()
+            try:
+                with atomic_writer(self._file) as fh:
+                    fh.write(data)
+            except OSError:
+                pass
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_memo(path: Path) -> dict[str, tuple[_FileKey, str]]:
+    """The stored memo; anything unreadable or malformed is simply not there."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("version") != _MEMO_VERSION:
+        return {}
+    raw = doc.get("entries")
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, tuple[_FileKey, str]] = {}
+    for p, value in raw.items():
+        if (
+            isinstance(value, list)
+            and len(value) == 6
+            and all(type(v) is int for v in value[:5])
+            and isinstance(value[5], str)
+            and _HEX64.fullmatch(value[5])
+        ):
+            key: _FileKey = (value[0], value[1], value[2], value[3], value[4])
+            out[p] = (key, value[5])
+    return out

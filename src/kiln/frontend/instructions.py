@@ -1,0 +1,382 @@
+"""One handler per Dockerfile instruction, applied to a stage being planned.
+
+Handlers change the stage's image config (metadata instructions) or append a step
+(RUN, COPY, ADD, WORKDIR). Values are expanded with Docker's rules: ARG and ENV values
+for most instructions, nothing for RUN/CMD/ENTRYPOINT (the shell expands at run time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kiln.frontend.base import (
+    BindMount,
+    ContextSource,
+    CopyOp,
+    CopySource,
+    ExecOp,
+    ImageSource,
+    InlineSource,
+    MkdirOp,
+    Mount,
+    Op,
+    StageSource,
+    UrlSource,
+)
+from kiln.frontend.dockerfile import Instruction
+from kiln.frontend.flags import parse_flags
+from kiln.frontend.mounts import parse_mount
+from kiln.image import HistoryEntry
+
+if TYPE_CHECKING:
+    from kiln.frontend.planner import Planner, StageState
+
+Handler = Callable[["Planner", "StageState", Instruction], None]
+
+_HEREDOC_RE = re.compile(r"^<<(-?)(['\"]?)([A-Za-z0-9_]+)\2$")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
+_DURATION_NS["h"] = 3600 * 10**9
+
+
+def dispatch(p: Planner, st: StageState, ins: Instruction) -> None:
+    if ins.cmd not in ("RUN", "COPY", "ADD", "HEALTHCHECK") and ins.flags:
+        parse_flags(ins, p.path)  # raises: these instructions take no flags
+    HANDLERS[ins.cmd](p, st, ins)
+
+
+def _history(st: StageState, created_by: str, *, empty: bool = True) -> int:
+    st.config.history.append(HistoryEntry(created_by=created_by, empty_layer=empty))
+    return len(st.config.history) - 1
+
+
+def _step(st: StageState, ins: Instruction, op: Op, created_by: str) -> None:
+    st.pending.append((ins, op, _history(st, created_by, empty=False)))
+
+
+# ---------------------------------------------------------------------------- metadata
+
+
+def _arg(p: Planner, st: StageState, ins: Instruction) -> None:
+    for item in ins.value:
+        name, eq, default = item.partition("=")
+        if not name:
+            raise p.error("ARG needs a name", ins.line)
+        p.arg_declared(name, default if eq else None, st, ins.line)
+
+
+def _env(p: Planner, st: StageState, ins: Instruction) -> None:
+    pairs = p.key_values(ins, st)
+    for key, value in pairs:
+        st.config.set_env(key, value)
+    _history(st, "ENV " + " ".join(f"{k}={v}" for k, v in pairs))
+
+
+def _label(p: Planner, st: StageState, ins: Instruction) -> None:
+    pairs = p.key_values(ins, st)
+    for key, value in pairs:
+        st.config.labels[key] = value
+    _history(st, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs))
+
+
+def _single(p: Planner, st: StageState, ins: Instruction) -> str:
+    if len(ins.value) != 1:
+        raise p.error(f"{ins.cmd} takes exactly one argument", ins.line)
+    return p.expand(ins.value[0], st.expansion_env(), ins.line)
+
+
+def _user(p: Planner, st: StageState, ins: Instruction) -> None:
+    st.config.user = _single(p, st, ins)
+    _history(st, f"USER {st.config.user}")
+
+
+def _stopsignal(p: Planner, st: StageState, ins: Instruction) -> None:
+    st.config.stop_signal = _single(p, st, ins)
+    _history(st, f"STOPSIGNAL {st.config.stop_signal}")
+
+
+def _maintainer(p: Planner, st: StageState, ins: Instruction) -> None:
+    st.config.extra["author"] = " ".join(ins.value)
+    _history(st, f"MAINTAINER {st.config.extra['author']}")
+
+
+def _expose(p: Planner, st: StageState, ins: Instruction) -> None:
+    env = st.expansion_env()
+    ports = []
+    for raw in ins.value:
+        for word in p.expand(raw, env, ins.line).split():
+            port, _, proto = word.partition("/")
+            proto = (proto or "tcp").lower()
+            if not re.fullmatch(r"\d+(-\d+)?", port) or proto not in ("tcp", "udp", "sctp"):
+                raise p.error(f"invalid port {word!r} for EXPOSE", ins.line)
+            st.config.exposed_ports[f"{port}/{proto}"] = {}
+            ports.append(f"{port}/{proto}")
+    _history(st, "EXPOSE map[" + " ".join(f"{x}:{{}}" for x in ports) + "]")
+
+
+def _volume(p: Planner, st: StageState, ins: Instruction) -> None:
+    env = st.expansion_env()
+    paths = [p.expand(v, env, ins.line) for v in ins.value]
+    if not paths or any(not v.strip() for v in paths):
+        raise p.error("VOLUME needs a non-empty path", ins.line)
+    for v in paths:
+        st.config.volumes[v] = {}
+    _history(st, "VOLUME " + json.dumps(paths))
+
+
+def _command_list(p: Planner, st: StageState, ins: Instruction) -> list[str]:
+    if ins.json:
+        return list(ins.value)
+    return [*st.shell, " ".join(ins.value)]
+
+
+def _cmd(p: Planner, st: StageState, ins: Instruction) -> None:
+    st.config.cmd = _command_list(p, st, ins)
+    st.cmd_set = True
+    _history(st, "CMD " + json.dumps(st.config.cmd))
+
+
+def _entrypoint(p: Planner, st: StageState, ins: Instruction) -> None:
+    st.config.entrypoint = _command_list(p, st, ins)
+    if not st.cmd_set:
+        st.config.cmd = None
+    _history(st, "ENTRYPOINT " + json.dumps(st.config.entrypoint))
+
+
+def _shell(p: Planner, st: StageState, ins: Instruction) -> None:
+    if not ins.json or not ins.value:
+        raise p.error(
+            "SHELL requires the JSON form", ins.line, hint='write SHELL ["/bin/bash", "-c"]'
+        )
+    st.config.shell = list(ins.value)
+    _history(st, "SHELL " + json.dumps(st.config.shell))
+
+
+def _duration(p: Planner, text: str, line: int) -> int:
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_NS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise p.error(f"invalid duration {text!r}", line, hint="use values like 30s or 1m30s")
+    return int(total)
+
+
+def _healthcheck(p: Planner, st: StageState, ins: Instruction) -> None:
+    flags = parse_flags(ins, p.path)
+    values = list(ins.value)
+    kind = values[0].upper() if values else ""
+    if kind == "NONE":
+        if len(values) != 1 or ins.flags:
+            raise p.error("HEALTHCHECK NONE takes no other arguments", ins.line)
+        st.config.healthcheck = {"Test": ["NONE"]}
+    elif kind == "CMD" and len(values) > 1:
+        test = ["CMD", *values[1:]] if ins.json else ["CMD-SHELL", " ".join(values[1:])]
+        hc: dict[str, object] = {"Test": test}
+        for flag, key in (
+            ("interval", "Interval"),
+            ("timeout", "Timeout"),
+            ("start-period", "StartPeriod"),
+            ("start-interval", "StartInterval"),
+        ):
+            value = flags.get(flag)
+            if value:
+                hc[key] = _duration(p, value, ins.line)
+        retries = flags.get("retries")
+        if retries:
+            if not retries.isdigit():
+                raise p.error("--retries must be a whole number", ins.line)
+            hc["Retries"] = int(retries)
+        st.config.healthcheck = hc
+    else:
+        raise p.error("HEALTHCHECK takes NONE or CMD <command>", ins.line)
+    _history(st, "HEALTHCHECK " + json.dumps(st.config.healthcheck))
+
+
+def _onbuild(p: Planner, st: StageState, ins: Instruction) -> None:
+    if ins.sub_cmd in (None, "ONBUILD", "FROM", "MAINTAINER"):
+        raise p.error(f"{ins.sub_cmd or 'an empty'} trigger is not allowed in ONBUILD", ins.line)
+    trigger = ins.original.split(None, 1)[1] if " " in ins.original.strip() else ""
+    st.config.onbuild.append(trigger)
+    _history(st, f"ONBUILD {trigger}")
+
+
+# ---------------------------------------------------------------------------- filesystem
+
+
+def _workdir(p: Planner, st: StageState, ins: Instruction) -> None:
+    path = p.workdir_join(st, _single(p, st, ins)).rstrip("/") or "/"
+    st.config.workdir = path
+    _step(st, ins, MkdirOp(path=path, user=st.config.user), f"WORKDIR {path}")
+
+
+def _run(p: Planner, st: StageState, ins: Instruction) -> None:
+    flags = parse_flags(ins, p.path)
+    network = flags.get("network") or p.options.network
+    if network not in ("default", "none", "host"):
+        raise p.error(f"invalid --network {network!r}", ins.line, hint="use default, none or host")
+    if (flags.get("security") or "sandbox") != "sandbox":
+        raise p.error("RUN --security=insecure is not supported", ins.line)
+    env_for_flags = st.expansion_env()
+    workdir = st.config.workdir or "/"
+    mounts = tuple(
+        parse_mount(
+            p.expand(m, env_for_flags, ins.line),
+            workdir=workdir,
+            resolve_from=lambda name: p.stage_source(name, st.plan.index, ins.line),
+            path=p.path,
+            line=ins.line,
+        )
+        for m in flags.all("mount")
+    )
+    mounts = tuple(_with_context_digest(p, m) for m in mounts)
+    files: tuple[tuple[str, str, int], ...] = ()
+    if ins.json:
+        args = list(ins.value)
+    else:
+        command = " ".join(ins.value)
+        marker = _HEREDOC_RE.match(command.strip())
+        if ins.heredocs and marker and len(ins.heredocs) == 1:
+            name, content = ins.heredocs[0]
+            if content.startswith("#!"):
+                script = f"/dev/pipes/{name}"
+                files = ((script, content, 0o755),)
+                args = [script]
+            else:
+                args = [*st.shell, content]
+        elif ins.heredocs:
+            body = "".join(f"{content}{name}\n" for name, content in ins.heredocs)
+            args = [*st.shell, f"{command}\n{body}"]
+        else:
+            args = [*st.shell, command]
+    env = list(st.config.env)
+    env_keys = {e.partition("=")[0] for e in env}
+    arg_env = [f"{k}={v}" for k, v in st.arg_values().items()]
+    env += [e for e in arg_env if e.partition("=")[0] not in env_keys]
+    env += p.proxy_env(st)
+    op = ExecOp(
+        args=tuple(args),
+        env=tuple(env),
+        user=st.config.user,
+        workdir=workdir,
+        network=network,
+        mounts=mounts,
+        files=files,
+    )
+    prefix = f"|{len(arg_env)} {' '.join(arg_env)} " if arg_env else ""
+    _step(st, ins, op, f"RUN {prefix}{' '.join(args)} # buildkit")
+
+
+def _with_context_digest(p: Planner, mount: Mount) -> Mount:
+    """A bind mount of the build context is keyed by the content it binds."""
+    if isinstance(mount, BindMount) and mount.from_stage is None and mount.from_image is None:
+        source = mount.source.lstrip("/") or "."
+        return dataclasses.replace(
+            mount, context_digest=p.context.digest([source], chown=None, chmod=None)
+        )
+    return mount
+
+
+def _copy(p: Planner, st: StageState, ins: Instruction) -> None:
+    _copy_or_add(p, st, ins, add=False)
+
+
+def _add(p: Planner, st: StageState, ins: Instruction) -> None:
+    _copy_or_add(p, st, ins, add=True)
+
+
+def _copy_or_add(p: Planner, st: StageState, ins: Instruction, *, add: bool) -> None:
+    flags = parse_flags(ins, p.path)
+    if flags.all("exclude") or flags.has("parents") or flags.has("keep-git-dir"):
+        raise p.error(f"{ins.cmd} --exclude/--parents/--keep-git-dir are not supported", ins.line)
+    values = list(ins.value)
+    if len(values) < 2:
+        raise p.error(
+            f"{ins.cmd} requires at least two arguments: sources and a destination", ins.line
+        )
+    env = st.expansion_env()
+    dest = p.workdir_join(st, p.expand(values[-1], env, ins.line))
+    raw_srcs = values[:-1]
+    chown = p.expand(flags.get("chown") or "", env, ins.line) or None
+    chmod = p.expand(flags.get("chmod") or "", env, ins.line) or None
+    if chmod is not None and not re.fullmatch(r"[0-7]{3,4}", chmod):
+        raise p.error(f"invalid --chmod={chmod}", ins.line, hint="use an octal mode like 0755")
+    heredocs = dict(ins.heredocs)
+    markers = [_HEREDOC_RE.match(s) for s in raw_srcs]
+    source: CopySource
+    if any(markers):
+        if not all(markers):
+            raise p.error("heredoc and file sources cannot be mixed", ins.line)
+        files = []
+        for m in markers:
+            assert m is not None
+            name, quoted = m.group(3), bool(m.group(2))
+            content = heredocs.get(name, "")
+            files.append((name, content if quoted else p.expand(content, env, ins.line)))
+        source, srcs = InlineSource(tuple(files)), [name for name, _ in files]
+    else:
+        srcs = [p.expand(s, env, ins.line) for s in raw_srcs]
+        from_name = p.expand(flags.get("from") or "", env, ins.line)
+        checksum = flags.get("checksum")
+        urls = [s for s in srcs if re.match(r"^https?://", s)]
+        if from_name:
+            if add:
+                raise p.error("ADD does not take --from", ins.line)
+            resolved = p.stage_source(from_name, st.plan.index, ins.line)
+            source = StageSource(resolved) if isinstance(resolved, int) else ImageSource(resolved)
+        elif urls:
+            if not add:
+                raise p.error("COPY cannot take a URL: use ADD", ins.line)
+            if len(srcs) != 1:
+                raise p.error("ADD takes one URL per instruction", ins.line)
+            source = UrlSource(urls[0], checksum, p.url_digest(urls[0], checksum, ins.line))
+        else:
+            if checksum:
+                raise p.error("--checksum is only valid for URL sources", ins.line)
+            source = ContextSource(p.context.digest(srcs, chown=chown, chmod=chmod))
+    if len(srcs) > 1 and not dest.endswith("/"):
+        raise p.error(
+            f"when using {ins.cmd} with more than one source, the destination must be a "
+            "directory and end with a /",
+            ins.line,
+        )
+    op = CopyOp(
+        source=source,
+        srcs=tuple(srcs),
+        dest=dest,
+        chown=chown,
+        chmod=chmod,
+        link=flags.has("link"),
+        add=add,
+    )
+    origin = ""
+    if isinstance(source, StageSource):
+        origin = f"--from={from_name} "
+    _step(st, ins, op, f"{ins.cmd} {origin}{' '.join(srcs)} {dest} # buildkit")
+
+
+HANDLERS: dict[str, Handler] = {
+    "ADD": _add,
+    "ARG": _arg,
+    "CMD": _cmd,
+    "COPY": _copy,
+    "ENTRYPOINT": _entrypoint,
+    "ENV": _env,
+    "EXPOSE": _expose,
+    "HEALTHCHECK": _healthcheck,
+    "LABEL": _label,
+    "MAINTAINER": _maintainer,
+    "ONBUILD": _onbuild,
+    "RUN": _run,
+    "SHELL": _shell,
+    "STOPSIGNAL": _stopsignal,
+    "USER": _user,
+    "VOLUME": _volume,
+    "WORKDIR": _workdir,
+}

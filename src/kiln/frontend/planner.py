@@ -1,0 +1,322 @@
+"""Dockerfile → :class:`BuildPlan`: stages, ARG/ENV expansion, image config, steps.
+
+The planner evaluates every instruction without executing anything: metadata
+instructions update the stage's image config, filesystem instructions become
+:class:`Step` s. Base images are resolved to a manifest digest and config through the
+injected resolver (no layer is downloaded). Only the stages the target needs are planned.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kiln.errors import DockerfileError, KilnError
+from kiln.frontend import instructions
+from kiln.frontend.base import (
+    Base,
+    BuildPlan,
+    ImageBase,
+    Op,
+    ScratchBase,
+    StageBase,
+    StagePlan,
+    Step,
+)
+from kiln.frontend.context import BuildContext
+from kiln.frontend.dockerfile import Instruction, ParsedDockerfile, RawStage, parse_instruction_text
+from kiln.frontend.shell_words import PREDEFINED_ARGS, WordError, WordExpander, parse_key_values
+from kiln.image import ImageConfig
+from kiln.oci import Platform
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ImageResolver(Protocol):
+    def resolve(self, ref: str, platform: Platform) -> ImageBase:
+        """Resolve a reference to a pinned image (manifest and config only)."""
+        ...
+
+
+class UrlFetcher(Protocol):
+    def fetch(self, url: str, checksum: str | None) -> str:
+        """Download *url* (once) and return the digest of its content."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    platform: Platform
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    network: str = "default"
+
+
+@dataclass
+class StageState:
+    """What an instruction handler reads and changes while a stage is walked."""
+
+    plan: StagePlan
+    config: ImageConfig
+    args: dict[str, str | None] = field(default_factory=dict)  # declared ARGs (ordered)
+    cmd_set: bool = False
+    # filesystem steps so far: (instruction, op, index of its history entry)
+    pending: list[tuple[Instruction, Op, int]] = field(default_factory=list)
+
+    @property
+    def shell(self) -> list[str]:
+        return list(self.config.shell or ["/bin/sh", "-c"])
+
+    def arg_values(self) -> dict[str, str]:
+        return {k: v for k, v in self.args.items() if v is not None}
+
+    def expansion_env(self) -> dict[str, str]:
+        env = self.arg_values()
+        env.update(self.config.env_map())
+        return env
+
+
+class Planner:
+    def __init__(
+        self,
+        parsed: ParsedDockerfile,
+        context: BuildContext,
+        resolver: ImageResolver,
+        options: PlanOptions,
+        urls: UrlFetcher | None = None,
+    ) -> None:
+        self.parsed = parsed
+        self.path = parsed.path
+        self.context = context
+        self.resolver = resolver
+        self.options = options
+        self.urls = urls
+        self.words = WordExpander(parsed.escape)
+        self.used_args: set[str] = set()
+        self.meta: dict[str, str | None] = {}
+        self.stages: dict[int, StagePlan] = {}
+        self._planning: set[int] = set()
+        self._images: dict[str, ImageBase] = {}
+
+    # ------------------------------------------------------------------ entry point
+    def plan(self) -> BuildPlan:
+        self._eval_meta_args()
+        target = self._target_index()
+        self._plan_stage(target)
+        target_plan = self.stages[target]
+        assert target_plan.config is not None
+        target_plan.config.labels.update(self.options.labels)
+        warnings = []
+        unused = sorted(
+            k
+            for k in self.options.build_args
+            if k not in self.used_args and k not in PREDEFINED_ARGS
+        )
+        if unused:
+            warnings.append(f"build-args not consumed by the Dockerfile: {', '.join(unused)}")
+        used = {k: v for k, v in self.options.build_args.items() if k in self.used_args}
+        return BuildPlan(self.stages, target, self.path, used, warnings)
+
+    # ------------------------------------------------------------------ helpers used by handlers
+    def error(self, what: str, line: int, hint: str | None = None) -> DockerfileError:
+        return DockerfileError(what, path=self.path, line=line, hint=hint)
+
+    def expand(self, word: str, env: Mapping[str, str], line: int) -> str:
+        try:
+            return self.words.expand(word, env)
+        except WordError as exc:
+            raise self.error(str(exc), line) from exc
+
+    def resolve_image(self, ref: str, line: int) -> ImageBase:
+        if ref not in self._images:
+            try:
+                self._images[ref] = self.resolver.resolve(ref, self.options.platform)
+            except DockerfileError:
+                raise
+            except KilnError as exc:
+                exc.what = f"{self.path}:{line}: {exc.what}"
+                raise
+        return self._images[ref]
+
+    def url_digest(self, url: str, checksum: str | None, line: int) -> str:
+        if self.urls is None:
+            raise self.error("ADD of a URL is not available here", line)
+        try:
+            return self.urls.fetch(url, checksum)
+        except KilnError as exc:
+            exc.what = f"{self.path}:{line}: {exc.what}"
+            raise
+
+    def stage_by_name(self, name: str, before: int) -> int | None:
+        """A stage named *name* (or numbered) defined before stage *before*."""
+        lowered = name.lower()
+        for raw in self.parsed.stages[:before]:
+            if raw.name == lowered:
+                return raw.index
+        if name.isdigit() and int(name) < before:
+            return int(name)
+        return None
+
+    def stage_source(self, name: str, before: int, line: int) -> int | ImageBase:
+        """``--from=`` resolution: an earlier stage (planned now), else an image."""
+        idx = self.stage_by_name(name, before)
+        if idx is not None:
+            self._plan_stage(idx)
+            return idx
+        if name.isdigit():
+            raise self.error(f"invalid --from: stage {name} does not exist", line)
+        return self.resolve_image(name, line)
+
+    def arg_declared(self, name: str, default: str | None, state: StageState, line: int) -> None:
+        if name in self.options.build_args:
+            self.used_args.add(name)
+            value: str | None = self.options.build_args[name]
+        elif default is not None:
+            value = self.expand(default, state.expansion_env(), line)
+        elif name in self.meta:
+            value = self.meta[name]
+        else:
+            value = None
+        state.args[name] = value
+
+    def proxy_env(self, state: StageState) -> list[str]:
+        out = []
+        for name in sorted(PREDEFINED_ARGS):
+            if name in self.options.build_args and name not in state.args:
+                self.used_args.add(name)
+                out.append(f"{name}={self.options.build_args[name]}")
+        return out
+
+    # ------------------------------------------------------------------ meta args and target
+    def _eval_meta_args(self) -> None:
+        for ins in self.parsed.meta_args:
+            for name, default in self._arg_pairs(ins, self._meta_env()):
+                if name in self.options.build_args:
+                    self.used_args.add(name)
+                    self.meta[name] = self.options.build_args[name]
+                else:
+                    self.meta[name] = default
+
+    def _meta_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.meta.items() if v is not None}
+
+    def _arg_pairs(self, ins: Instruction, env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+        out: list[tuple[str, str | None]] = []
+        for item in ins.value:
+            name, eq, default = item.partition("=")
+            if not name:
+                raise self.error("ARG needs a name", ins.line)
+            out.append((name, self.expand(default, env, ins.line) if eq else None))
+        return out
+
+    def _target_index(self) -> int:
+        target = self.options.target
+        if not target:
+            return len(self.parsed.stages) - 1
+        idx = self.stage_by_name(target, len(self.parsed.stages))
+        if idx is None:
+            names = [s.name for s in self.parsed.stages if s.name]
+            raise KilnError(
+                f"target stage {target!r} could not be found in {self.path}",
+                hint=f"stages: {', '.join(names) if names else '(none is named)'}",
+            )
+        return idx
+
+    # ------------------------------------------------------------------ stages
+    def _plan_stage(self, index: int) -> StagePlan:
+        if index in self.stages:
+            return self.stages[index]
+        if index in self._planning:
+            raise self.error("circular dependency between stages", self.parsed.stages[index].line)
+        self._planning.add(index)
+        raw = self.parsed.stages[index]
+        base, config = self._base(raw)
+        multi = len(self.parsed.stages) > 1
+        plan = StagePlan(
+            index=index,
+            name=raw.name,
+            base=base,
+            platform_text=str(self.options.platform),
+            base_text=raw.from_text,
+            line=raw.line,
+        )
+        display = plan.name or (f"stage-{index}" if multi else "build")
+        state = StageState(plan=plan, config=config)
+        triggers = config.onbuild
+        config.onbuild = []
+        walk = [parse_instruction_text(t, self.path, raw.line) for t in triggers]
+        walk += raw.instructions
+        for ins in walk:
+            instructions.dispatch(self, state, ins)
+        total = len(state.pending) + 1
+        for n, (ins, op, history_index) in enumerate(state.pending, start=2):
+            plan.steps.append(
+                Step(
+                    stage=index,
+                    stage_name=display,
+                    number=n,
+                    total=total,
+                    op=op,
+                    text=ins.display,
+                    line=ins.line,
+                    history_index=history_index,
+                )
+            )
+        plan.config = config
+        self.stages[index] = plan
+        self._planning.discard(index)
+        return plan
+
+    def _base(self, raw: RawStage) -> tuple[Base, ImageConfig]:
+        name = self.expand(raw.base, self._meta_env(), raw.line)
+        if not name:
+            raise self.error(
+                f"base name ({raw.base}) should not be blank",
+                raw.line,
+                hint="pass the missing build argument with --build-arg",
+            )
+        if raw.platform:
+            wanted = self.expand(raw.platform, self._meta_env(), raw.line)
+            try:
+                parsed = Platform.parse(wanted)
+            except ValueError as exc:
+                raise self.error(str(exc), raw.line) from exc
+            host = self.options.platform
+            if (parsed.os, parsed.architecture) != (host.os, host.architecture):
+                raise self.error(
+                    f"platform {wanted} is not supported: kiln builds for the host "
+                    f"platform {host} only",
+                    raw.line,
+                )
+        idx = self.stage_by_name(name, raw.index)
+        if idx is not None:
+            parent = self._plan_stage(idx)
+            assert parent.config is not None
+            return StageBase(idx), parent.config.clone()
+        if name.lower() == "scratch":
+            cfg = ImageConfig(platform=self.options.platform, env=[f"PATH={DEFAULT_PATH}"])
+            return ScratchBase(), cfg
+        image = self.resolve_image(name, raw.line)
+        cfg = image.config.clone()
+        cfg.diff_ids = []
+        if not any(e.startswith("PATH=") for e in cfg.env):
+            cfg.env.insert(0, f"PATH={DEFAULT_PATH}")
+        return image, cfg
+
+    def workdir_join(self, state: StageState, path: str) -> str:
+        base = state.config.workdir or "/"
+        joined = path if path.startswith("/") else posixpath.join(base, path)
+        trailing = path.endswith("/") and joined != "/"
+        out = posixpath.normpath(joined)
+        return out + "/" if trailing else out
+
+    def key_values(self, ins: Instruction, state: StageState) -> list[tuple[str, str]]:
+        try:
+            return parse_key_values(
+                ins.value, self.words, state.expansion_env(), instruction=ins.cmd
+            )
+        except WordError as exc:
+            raise self.error(str(exc), ins.line) from exc

@@ -1,0 +1,1 @@
+"""Metadata stores of the cache server: SQLite (default) and PostgreSQL."""

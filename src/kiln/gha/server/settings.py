@@ -1,0 +1,137 @@
+"""Configuration of the cache server: parsed once at the edge into a frozen dataclass.
+
+Sizes accept ``10GB``, ``512MiB``, ``1048576``; durations accept ``7d``, ``12h``, ``30m``,
+``45s`` or plain seconds. A bad value is a :class:`~kiln.errors.UsageError` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import UsageError
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+DEFAULT_MAX_SIZE = 10 * 10**9
+DEFAULT_MAX_AGE = 7 * 86400.0
+
+
+def parse_size(text: str, *, name: str = "size") -> int:
+    """``10GB`` → 10_000_000_000; ``1GiB`` → 1_073_741_824."""
+    m = _NUMBER.match(text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise UsageError(
+            f"invalid {name} {text!r}",
+            hint="use a number of bytes with an optional unit: 500MB, 10GB, 2GiB",
+        )
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(text: str, *, name: str = "duration") -> float:
+    """``7d`` → 604800.0 seconds."""
+    m = _NUMBER.match(text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _DURATION_UNITS:
+        raise UsageError(
+            f"invalid {name} {text!r}", hint="use a number with a unit: 45s, 30m, 12h, 7d, 2w"
+        )
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Keys derived from the one server secret, each for one purpose."""
+
+    jwt: bytes
+    url: bytes
+
+    @classmethod
+    def derive(cls, secret: bytes) -> Keys:
+        def sub(label: bytes) -> bytes:
+            return hmac.new(secret, label, hashlib.sha256).digest()
+
+        return cls(jwt=sub(b"kiln-gha-jwt-v1"), url=sub(b"kiln-gha-blob-url-v1"))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything that shapes the server's behaviour; storage and metadata are injected."""
+
+    secret: bytes
+    max_size: int = DEFAULT_MAX_SIZE  # total bytes of committed entries (LRU beyond)
+    max_entry_size: int | None = None  # one entry's cap; None: max_size
+    max_age: float = DEFAULT_MAX_AGE  # entries unused this long are evicted
+    upload_timeout: float = 3600.0  # a reservation idle this long is abandoned
+    url_ttl: float = 6 * 3600.0  # lifetime of a signed blob URL
+    eviction_interval: float = 300.0  # background sweep period
+    orphan_grace: float = 600.0  # stored files without metadata older than this are removed
+    public_url: str | None = None  # base of signed URLs; None: the request's own base URL
+    max_json_body: int = 64 * 1024
+    max_block_list_body: int = 8 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 16:
+            raise UsageError("the cache server secret is too short", hint="use 16 bytes or more")
+        if self.max_size <= 0:
+            raise UsageError("--max-size must be positive")
+        if self.max_entry_size is not None and self.max_entry_size <= 0:
+            raise UsageError("the per-entry size cap must be positive")
+        if self.max_age <= 0:
+            raise UsageError("--max-age must be positive")
+
+    @property
+    def entry_cap(self) -> int:
+        cap = self.max_entry_size if self.max_entry_size is not None else self.max_size
+        return min(cap, self.max_size)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys.derive(self.secret)
+
+
+def read_secret_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the secret file {path}", why=str(exc)) from exc
+    if len(data) < 16:
+        raise UsageError(f"the secret in {path} is too short", hint="use 16 bytes or more")
+    return data
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The secret at *path*, created (mode 0600, random) on first use."""
+    if path.exists():
+        return read_secret_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(value + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return value

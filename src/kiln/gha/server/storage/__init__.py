@@ -1,0 +1,1 @@
+"""Byte storage of the cache server: entries and in-flight uploads."""

@@ -1,0 +1,75 @@
+"""overlayfs mounts for a step: the parent layers as lowerdirs plus a fresh upperdir.
+
+Lower directories are passed as short relative names (``l/<id>``) from the snapshot
+directory, so a mount of over a hundred layers fits the kernel's one-page option limit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from kiln.errors import RuntimeFailure
+
+# kernel features that would make the upper dir a non-self-contained diff
+_OPTIONS = "index=off,redirect_dir=off,metacopy=off"
+_PAGE = 4096
+
+
+def mount_overlay(
+    snapshot_root: Path,
+    lowers: Sequence[str],
+    target: Path,
+    *,
+    upper: Path | None = None,
+    work: Path | None = None,
+) -> None:
+    """Mount *lowers* (names relative to *snapshot_root*, top-most first) at *target*.
+
+    Without *upper* the mount is read-only.
+    """
+    names = list(lowers)
+    # overlay needs two lowers when there is no upper dir, one otherwise
+    while len(names) < (1 if upper else 2):
+        names.append("empty")
+    options = f"lowerdir={':'.join(names)}"
+    if upper is not None:
+        assert work is not None
+        options += f",upperdir={upper},workdir={work}"
+    options += "," + _OPTIONS
+    if len(options) >= _PAGE:
+        raise RuntimeFailure(
+            f"too many layers to mount ({len(names)})",
+            hint="squash the base image or reduce the number of steps",
+        )
+    cmd = ["mount", "-t", "overlay", "overlay", "-o", options, str(target)]
+    if upper is None:
+        cmd[1:1] = ["-r"]
+    proc = subprocess.run(cmd, cwd=snapshot_root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeFailure(
+            f"cannot mount overlayfs at {target}",
+            why=proc.stderr.strip(),
+            hint="kiln needs root and a kernel with overlayfs",
+        )
+
+
+def unmount(target: Path) -> None:
+    proc = subprocess.run(["umount", str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lazy = subprocess.run(["umount", "-l", str(target)], capture_output=True, text=True)
+        if lazy.returncode != 0:
+            raise RuntimeFailure(f"cannot unmount {target}", why=proc.stderr.strip())
+
+
+def bind_mount(source: Path, target: Path, *, readonly: bool = True) -> None:
+    proc = subprocess.run(
+        ["mount", "--bind", str(source), str(target)], capture_output=True, text=True
+    )
+    if proc.returncode == 0 and readonly:
+        proc = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(target)], capture_output=True, text=True
+        )
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"cannot bind-mount {source} at {target}", why=proc.stderr.strip())

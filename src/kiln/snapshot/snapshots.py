@@ -1,0 +1,139 @@
+"""Unpacked layers, shared by every build: ``$KILN_ROOT/snapshots/<diff id hex>``.
+
+A layer is unpacked once (into a temporary directory, its diff ID verified, then renamed
+into place) and used read-only as an overlay lowerdir from then on. A step's upper dir
+becomes the snapshot of the layer it produced, so a freshly built layer is never unpacked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from kiln.content import BlobStore
+from kiln.errors import KilnError
+from kiln.oci import Layer, compression_of, digest_hex
+from kiln.snapshot.overlay import mount_overlay, unmount
+from kiln.snapshot.unpack import unpack_layer
+from kiln.state import KilnRoot
+
+# fetches a layer's blob into the blob store (from a registry or a remote cache)
+BlobFetcher = Callable[[Layer], None]
+
+_SHORT = 16  # hex digits of a snapshot's short link name
+
+
+class SnapshotStore:
+    def __init__(self, root: KilnRoot, blobs: BlobStore) -> None:
+        self.kiln_root = root
+        self.root = root.snapshots
+        self.blobs = blobs
+        (self.root / "l").mkdir(parents=True, exist_ok=True)
+        (self.root / "empty").mkdir(exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def path(self, diff_id: str) -> Path:
+        return self.root / digest_hex(diff_id)
+
+    def link_name(self, diff_id: str) -> str:
+        return "l/" + digest_hex(diff_id)[:_SHORT]
+
+    def exists(self, diff_id: str) -> bool:
+        return self.path(diff_id).is_dir()
+
+    @contextlib.contextmanager
+    def _locked(self, diff_id: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(diff_id, threading.Lock())
+        lock_file = self.root / f".{digest_hex(diff_id)}.lock"
+        with lock, open(lock_file, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _link(self, diff_id: str) -> None:
+        link = self.root / self.link_name(diff_id)
+        if not link.is_symlink():
+            tmp = link.with_name(link.name + ".tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to("../" + digest_hex(diff_id))
+            os.replace(tmp, link)
+
+    def ensure(self, layer: Layer, fetch: BlobFetcher) -> Path:
+        """The unpacked snapshot of *layer*, unpacking (and fetching) it if needed."""
+        target = self.path(layer.diff_id)
+        if target.is_dir():
+            self._link(layer.diff_id)
+            return target
+        with self._locked(layer.diff_id):
+            if target.is_dir():
+                self._link(layer.diff_id)
+                return target
+            if not self.blobs.has(layer.digest):
+                fetch(layer)
+            tmp = self.kiln_root.tempdir("unpack-")
+            try:
+                with self.blobs.path(layer.digest).open("rb") as fh:
+                    diff_id = unpack_layer(fh, compression_of(layer.blob.media_type), tmp)
+                if diff_id != layer.diff_id:
+                    self.blobs.remove(layer.digest)  # corrupt: fetched again next time
+                    raise KilnError(
+                        f"layer {layer.digest} does not match its diff ID",
+                        why=f"expected {layer.diff_id}, got {diff_id}",
+                        hint="the blob is corrupt; it has been removed, run the build again",
+                    )
+                os.rename(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._link(layer.diff_id)
+            return target
+
+    def adopt(self, upper: Path, diff_id: str) -> None:
+        """Make a step's upper dir the snapshot of the layer it produced."""
+        target = self.path(diff_id)
+        with self._locked(diff_id):
+            if target.is_dir():
+                shutil.rmtree(upper, ignore_errors=True)
+            else:
+                os.rename(upper, target)
+        self._link(diff_id)
+
+    def lowers(self, chain: Sequence[Layer], fetch: BlobFetcher) -> list[str]:
+        """Overlay lowerdir names for *chain* (bottom layer first), top-most first."""
+        for layer in chain:
+            self.ensure(layer, fetch)
+        return [self.link_name(layer.diff_id) for layer in reversed(chain)]
+
+    @contextlib.contextmanager
+    def mounted(
+        self, chain: Sequence[Layer], fetch: BlobFetcher, *, upper: Path | None = None
+    ) -> Iterator[Path]:
+        """Mount *chain* (read-only, or with *upper* as the writable layer)."""
+        lowers = self.lowers(chain, fetch)
+        scratch = self.kiln_root.tempdir("mnt-")
+        target = scratch / "root"
+        target.mkdir()
+        work = None
+        if upper is not None:
+            work = upper.parent / (upper.name + ".work")
+            work.mkdir(exist_ok=True)
+        try:
+            mount_overlay(self.root, lowers, target, upper=upper, work=work)
+            try:
+                yield target
+            finally:
+                unmount(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,378 @@
+"""Layer blob → directory, streaming, computing the diff ID on the way.
+
+Two targets:
+
+- ``overlay``: *dest* is an empty directory that becomes an overlayfs lowerdir. A tar
+  whiteout ``.wh.<name>`` becomes the character device 0/0 ``<name>``; the marker
+  ``.wh..wh..opq`` sets ``trusted.overlay.opaque=y`` on its directory. A directory that
+  replaces a whiteout of the same layer is made opaque, as the kernel does on mkdir.
+- ``apply``: *dest* is a plain root filesystem holding the layers below; a whiteout
+  deletes the named path and an opaque marker deletes everything in its directory that
+  this layer did not itself create (OCI image-spec "applying changesets").
+
+Member names are untrusted. They are normalised (``./``, empty and ``.`` components
+dropped, a leading ``/`` meaning *dest*); a ``..`` that climbs above *dest* is refused. The
+parent directories of a member are resolved inside *dest* as if *dest* were ``/`` —
+symlinks are followed but absolute targets and ``..`` stay within it (containerd's
+``RootPath``) — and the member itself is never followed: an existing entry is replaced, and
+files are opened with ``O_CREAT|O_EXCL|O_NOFOLLOW``. Hardlink targets are resolved the
+same way and must already exist in *dest*. ``trusted.overlay.*`` xattrs in a layer are
+ignored: they would steer the overlay mount.
+
+Ownership, xattrs, then mode (chown clears setuid bits and capabilities), then times;
+directory times are set last, after everything inside them exists.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from kiln.differ.compress import DECOMPRESSION_ERRORS, decompressing_reader
+from kiln.differ.tarstream import (
+    BLK,
+    CHR,
+    DIR,
+    FIFO,
+    LINK,
+    REG,
+    SYMLINK,
+    TarFormatError,
+    TarHeader,
+    TarReader,
+)
+from kiln.errors import KilnError, RuntimeFailure
+from kiln.snapshot.whiteouts import (
+    OVERLAY_XATTR_PREFIX,
+    Whiteout,
+    classify,
+    is_overlay_whiteout,
+    make_overlay_whiteout,
+    mark_opaque,
+)
+
+Mode = Literal["overlay", "apply"]
+
+COPY_SIZE = 1 << 20
+_MAX_SYMLINK_HOPS = 40  # Linux's limit for a path lookup
+_DEVICE_TYPES = {CHR: stat.S_IFCHR, BLK: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+_IGNORED_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+_CRAFTED = "the layer was crafted to write outside its root; do not use this image"
+
+
+class _Unsafe(Exception):
+    """A member that would escape *dest* or cannot be placed; the message names it."""
+
+    def __init__(self, why: str, hint: str = _CRAFTED) -> None:
+        super().__init__(why)
+        self.hint = hint
+
+
+def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "overlay") -> str:
+    """Extract the (compressed) layer *blob* into *dest*; returns its diff ID.
+
+    *compression* is ``gzip``, ``zstd``, ``uncompressed`` or a layer media type. The diff
+    ID is the SHA-256 of the whole uncompressed stream; the caller compares it with the
+    one it expects. Raises :class:`KilnError` for a corrupt or unsafe layer and
+    :class:`RuntimeFailure` when the filesystem refuses an operation.
+    """
+    if mode not in ("overlay", "apply"):
+        raise ValueError(f"unknown unpack mode {mode!r}")
+    root = os.path.abspath(dest)
+    what = f"cannot unpack layer into {root}"
+    unpacker = _Unpacker(root, mode)
+    try:
+        reader = TarReader(decompressing_reader(blob, compression))
+        while (header := reader.next()) is not None:
+            unpacker.member(header, reader)
+        diff_id = reader.finish()
+        unpacker.finish()
+    except TarFormatError as exc:
+        raise KilnError(
+            what, why=f"the layer is not a valid tar archive: {exc}", hint=_CORRUPT_HINT
+        ) from exc
+    except DECOMPRESSION_ERRORS as exc:
+        raise KilnError(what, why=f"the layer cannot be decompressed: {exc}") from exc
+    except _Unsafe as exc:
+        raise KilnError(what, why=str(exc), hint=exc.hint) from exc
+    except OSError as exc:
+        raise RuntimeFailure(what, why=f"{exc.strerror or exc}: {exc.filename or root}") from exc
+    return diff_id
+
+
+_CORRUPT_HINT = "the blob is corrupt or not a layer; remove it from the cache and pull it again"
+
+
+def _clean(name: str) -> list[str]:
+    """Normalised components of a member name; ``[]`` is *dest* itself."""
+    if "\x00" in name:
+        raise TarFormatError(f"member name {name!r} contains a NUL byte")
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise _Unsafe(f"member {name!r} points outside the layer root")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return parts
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+class _Unpacker:
+    def __init__(self, root: str, mode: Mode) -> None:
+        self.root = root
+        self.overlay = mode == "overlay"
+        self.dir_times: dict[str, int] = {}
+        # apply mode: every path (resolved, relative) this layer created, which whiteouts
+        # and opaque markers must leave alone
+        self.created: set[str] = set()
+        self._parents: dict[str, str] = {}  # member parent → resolved relative dir
+
+    def _abs(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    # --- paths ------------------------------------------------------------------------
+
+    def _resolve_dir(self, parts: list[str], *, create: bool = True) -> str:
+        """The relative path of directory *parts* after resolving symlinks inside root.
+
+        Missing directories are created (mode 0755) unless *create* is false, in which
+        case a missing one raises FileNotFoundError; a file in the way raises
+        NotADirectoryError.
+        """
+        key = "/".join(parts)
+        hit = self._parents.get(key)
+        if hit is not None:
+            return hit
+        cur: list[str] = []
+        todo = list(reversed(parts))
+        hops = 0
+        while todo:
+            comp = todo.pop()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if cur:
+                    cur.pop()
+                continue
+            rel = "/".join([*cur, comp])
+            path = self._abs(rel)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(path, 0o755)
+                if not self.overlay:
+                    self.created.add(rel)
+                cur.append(comp)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    raise _Unsafe(f"too many levels of symbolic links in {key!r}")
+                target = os.readlink(path)
+                if target.startswith("/"):
+                    cur = []
+                todo.extend(reversed(target.split("/")))
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            cur.append(comp)
+        resolved = "/".join(cur)
+        self._parents[key] = resolved
+        return resolved
+
+    def _remove(self, path: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        self._parents.clear()  # a resolved directory may be gone now
+
+    # --- members ----------------------------------------------------------------------
+
+    def member(self, h: TarHeader, reader: TarReader) -> None:
+        parts = _clean(h.name)
+        if not parts:
+            return  # the root itself: its metadata belongs to the snapshot, not the layer
+        kind = classify(parts[-1])
+        if kind is not None:
+            self._whiteout(kind[0], parts[:-1], kind[1], h)
+            return
+        parent = self._resolve_dir(parts[:-1])
+        rel = _join(parent, parts[-1])
+        path = self._abs(rel)
+        if h.type == DIR:
+            self._dir(rel, path, h)
+        elif h.type == REG:
+            self._file(path, h, reader)
+        elif h.type == SYMLINK:
+            if "\x00" in h.linkname:
+                raise TarFormatError(f"symlink {h.name!r} has a NUL byte in its target")
+            self._create(path, lambda: os.symlink(h.linkname, path))
+            self._meta(path, h, symlink=True)
+        elif h.type == LINK:
+            self._hardlink(path, h)
+        elif h.type in _DEVICE_TYPES:
+            dev = os.makedev(h.devmajor, h.devminor)
+            self._create(path, lambda: os.mknod(path, _DEVICE_TYPES[h.type] | 0o600, dev))
+            self._meta(path, h)
+        else:
+            return  # tar types with no meaning in a filesystem (volume labels, …)
+        if not self.overlay:
+            self.created.add(rel)
+
+    def _create(self, path: str, make: Callable[[], object], *, is_dir: bool = False) -> bool:
+        """Run *make*; if the name is taken, replace what is there (a directory is kept
+        for a directory entry). Returns whether the taken name was an overlay whiteout."""
+        try:
+            make()
+            return False
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if is_dir and stat.S_ISDIR(st.st_mode):
+            return False
+        self._remove(path, st)
+        make()
+        return is_overlay_whiteout(st)
+
+    def _dir(self, rel: str, path: str, h: TarHeader) -> None:
+        replaced_whiteout = self._create(path, lambda: os.mkdir(path, 0o700), is_dir=True)
+        if self.overlay and replaced_whiteout:
+            mark_opaque(path)  # like overlayfs's mkdir over a whiteout
+        os.chown(path, h.uid, h.gid, follow_symlinks=False)
+        self._xattrs(path, h)
+        os.chmod(path, h.mode)
+        self.dir_times[path] = h.mtime_ns
+
+    def _file(self, path: str, h: TarHeader, reader: TarReader) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = -1
+
+        def make() -> None:
+            nonlocal fd
+            fd = os.open(path, flags, 0o600)
+
+        self._create(path, make)
+        try:
+            while view := reader.read(COPY_SIZE):
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fchown(fd, h.uid, h.gid)
+            self._xattrs(fd, h)
+            os.fchmod(fd, h.mode)
+            os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def _hardlink(self, path: str, h: TarHeader) -> None:
+        target_parts = _clean(h.linkname)
+        if not target_parts:
+            raise _Unsafe(f"hardlink {h.name!r} points at the layer root")
+        try:
+            parent = self._resolve_dir(target_parts[:-1], create=False)
+            target = self._abs(_join(parent, target_parts[-1]))
+            st = os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _Unsafe(
+                f"hardlink {h.name!r} points at {h.linkname!r}, which does not exist",
+                hint="a hardlink must point at a file earlier in the same layer"
+                + ("" if self.overlay else " or in a layer below"),
+            ) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise _Unsafe(f"hardlink {h.name!r} points at the directory {h.linkname!r}")
+        self._create(path, lambda: os.link(target, path, follow_symlinks=False))
+
+    def _meta(self, path: str, h: TarHeader, *, symlink: bool = False) -> None:
+        os.chown(path, h.uid, h.gid, follow_symlinks=False)
+        self._xattrs(path, h, symlink=symlink)
+        if not symlink:
+            os.chmod(path, h.mode)
+        os.utime(path, ns=(h.mtime_ns, h.mtime_ns), follow_symlinks=False)
+
+    def _xattrs(self, target: str | int, h: TarHeader, *, symlink: bool = False) -> None:
+        for name, value in h.xattrs:
+            if name.startswith(OVERLAY_XATTR_PREFIX) or "\x00" in name:
+                continue
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as exc:
+                # A filesystem without xattrs, or user.* on a symlink (Linux forbids it).
+                if exc.errno in _IGNORED_XATTR_ERRNOS or (symlink and exc.errno == errno.EPERM):
+                    continue
+                raise
+
+    # --- whiteouts --------------------------------------------------------------------
+
+    def _whiteout(self, kind: Whiteout, parent_parts: list[str], name: str, h: TarHeader) -> None:
+        if kind is Whiteout.META:
+            return
+        try:
+            # In apply mode a whiteout below a missing directory has nothing to hide.
+            parent = self._resolve_dir(parent_parts, create=self.overlay)
+        except (FileNotFoundError, NotADirectoryError):
+            if self.overlay:
+                raise
+            return
+        if kind is Whiteout.OPAQUE:
+            if self.overlay:
+                mark_opaque(self._abs(parent))
+            else:
+                self._empty_lower(parent)
+            return
+        rel = _join(parent, name)
+        path = self._abs(rel)
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if self.overlay:
+            # Something this layer created wins: a whiteout only hides lower layers.
+            if st is None:
+                make_overlay_whiteout(path, uid=h.uid, gid=h.gid)
+                os.utime(path, ns=(h.mtime_ns, h.mtime_ns), follow_symlinks=False)
+        elif st is not None and rel not in self.created:
+            self._remove(path, st)
+
+    def _empty_lower(self, top: str) -> None:
+        """Apply mode: remove everything below *top* that this layer did not create."""
+        stack = [top]
+        while stack:
+            rel_dir = stack.pop()
+            with os.scandir(self._abs(rel_dir)) as it:
+                entries = list(it)
+            for entry in entries:
+                rel = _join(rel_dir, entry.name)
+                if rel in self.created:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(rel)
+                    continue
+                self._remove(entry.path, entry.stat(follow_symlinks=False))
+
+    def finish(self) -> None:
+        """Set directory times now that nothing more is created inside them."""
+        for path, ns in self.dir_times.items():
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # removed by a later member
+            if stat.S_ISDIR(st.st_mode):
+                os.utime(path, ns=(ns, ns), follow_symlinks=False)

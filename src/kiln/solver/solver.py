@@ -1,0 +1,193 @@
+"""Solving a plan: look every step up by key, run only what misses.
+
+Stages are solved in a thread pool, each at most once (memoised futures). A stage first
+looks up all its steps; the stages that its missing steps read (``COPY --from``, bind
+mounts) are started at once, in parallel, while a stage whose results all hit is never
+materialised: a hit costs a lookup, not a download. A step that misses needs its parent's
+filesystem, and only then are the parent layers unpacked (and fetched if they are remote).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from kiln.cache.store import LocalCache, StepRecord, now_rfc3339
+from kiln.content import BlobLocator, BlobStore
+from kiln.errors import KilnError
+from kiln.executor.runc import RuncExecutor
+from kiln.frontend.base import BuildPlan, ImageBase, ScratchBase, StageBase, Step
+from kiln.frontend.context import BuildContext
+from kiln.image import ImageConfig
+from kiln.oci import Layer
+from kiln.snapshot.snapshots import SnapshotStore
+from kiln.solver.keys import StageKeys, compute_keys
+from kiln.solver.steps import StepRunner
+from kiln.solver.types import (
+    BuildResult,
+    CacheHit,
+    CacheLookup,
+    Progress,
+    SolveOptions,
+    StageResult,
+    StepReport,
+)
+from kiln.state import KilnRoot
+
+log = logging.getLogger(__name__)
+
+
+class Solver:
+    def __init__(
+        self,
+        root: KilnRoot,
+        blobs: BlobStore,
+        locator: BlobLocator,
+        local_cache: LocalCache,
+        snapshots: SnapshotStore,
+        executor: RuncExecutor,
+        context: BuildContext,
+        progress: Progress,
+        options: SolveOptions,
+        remote: list[CacheLookup] | None = None,
+    ) -> None:
+        self.root = root
+        self.blobs = blobs
+        self.locator = locator
+        self.local = local_cache
+        self.snapshots = snapshots
+        self.progress = progress
+        self.options = options
+        self.remote = remote or []
+        self.runner = StepRunner(root, blobs, locator, snapshots, executor, context, options)
+        self._futures: dict[int, Future[StageResult]] = {}
+        self._lock = threading.Lock()
+        self._reports: list[StepReport] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._build_time = now_rfc3339(options.source_date_epoch)
+
+    # ------------------------------------------------------------------ entry point
+    def solve(self, plan: BuildPlan) -> BuildResult:
+        self.plan = plan
+        self.keys: dict[int, StageKeys] = compute_keys(plan)
+        needed = plan.needed_order()
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(needed)), thread_name_prefix="stage")
+        self.runner.stage_result = self._stage_result
+        try:
+            target = self._stage_future(plan.target).result()
+        except BaseException:
+            self.runner.executor.kill_all()
+            raise
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        stages = {i: f.result() for i, f in self._futures.items() if f.done() and not f.exception()}
+        order = {idx: n for n, idx in enumerate(needed)}
+        reports = sorted(self._reports, key=lambda r: (order.get(r.step.stage, 0), r.step.number))
+        return BuildResult(plan, target, stages, reports)
+
+    # ------------------------------------------------------------------ stages
+    def _stage_future(self, index: int) -> Future[StageResult]:
+        with self._lock:
+            future = self._futures.get(index)
+            if future is None:
+                assert self._pool is not None
+                future = self._pool.submit(self._solve_stage, index)
+                self._futures[index] = future
+            return future
+
+    def _stage_result(self, index: int) -> StageResult:
+        return self._stage_future(index).result()
+
+    def lookup(self, key: str) -> CacheHit | None:
+        if self.options.no_cache:
+            return None
+        record = self.local.get(key)
+        if record is not None:
+            return CacheHit(record, "local")
+        for source in self.remote:
+            hit = source.lookup(key)
+            if hit is not None:
+                return hit
+        return None
+
+    def _solve_stage(self, index: int) -> StageResult:
+        stage = self.plan.stages[index]
+        keys = self.keys[index]
+        assert stage.config is not None
+        config = stage.config.clone()
+        base = stage.base
+        if isinstance(base, StageBase):
+            parent = self._stage_result(base.stage)
+            chain = list(parent.layers)
+            inherited = parent.config.history
+            config.history[: len(inherited)] = [h for h in parent.config.clone().history]
+        elif isinstance(base, ImageBase):
+            chain = self.runner.image_layers(base)
+        else:
+            assert isinstance(base, ScratchBase)
+            chain = []
+        base_count = len(chain)
+        hits = [self.lookup(k) for k in keys.steps]
+        first_miss = next((i for i, h in enumerate(hits) if h is None), len(hits))
+        for step in stage.steps[first_miss:]:
+            for dep in step.depends_on():
+                self._stage_future(dep)  # start what the missing steps will read, in parallel
+        step_results: list[tuple[str, Layer | None]] = []
+        for step, key, hit in zip(stage.steps, keys.steps, hits, strict=True):
+            record = self._run_or_reuse(step, key, hit, chain)
+            if record.layer is not None:
+                chain.append(record.layer)
+            history = config.history[step.history_index]
+            history.empty_layer = record.layer is None
+            history.created = record.created
+            step_results.append((key, record.layer))
+        _fill_history_times(config, self._build_time)
+        config.diff_ids = [layer.diff_id for layer in chain]
+        return StageResult(index, keys.final, chain, config, step_results, base_count)
+
+    def _run_or_reuse(
+        self, step: Step, key: str, hit: CacheHit | None, chain: list[Layer]
+    ) -> StepRecord:
+        if hit is not None:
+            self.progress.step_cached(step, hit.source)
+            if hit.source != "local":
+                self.local.put(key, hit.record)
+            self._report(StepReport(step, key, hit.source, 0.0, hit.record.layer))
+            return hit.record
+        for dep in step.depends_on():
+            self._stage_result(dep)  # wait for what this step reads before it starts
+        started = time.monotonic()
+        self.progress.step_started(step)
+        try:
+            layer = self.runner.execute(
+                step, list(chain), lambda line: self.progress.step_log(step, line)
+            )
+        except KilnError as exc:
+            seconds = time.monotonic() - started
+            self.progress.step_failed(step, seconds, str(exc))
+            exc.what = f"[{step.stage_name} {step.number}/{step.total}] {step.text}: {exc.what}"
+            raise
+        seconds = time.monotonic() - started
+        record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch))
+        self.local.put(key, record)
+        self.progress.step_done(step, seconds)
+        self._report(StepReport(step, key, False, seconds, layer))
+        return record
+
+    def _report(self, report: StepReport) -> None:
+        with self._lock:
+            self._reports.append(report)
+
+
+def _fill_history_times(config: ImageConfig, build_time: str) -> None:
+    """Metadata-only history entries take the time of the layer before them, and the
+    image is as old as its newest entry: a fully cached rebuild gives the same digest."""
+    known = [h.created for h in config.history if h.created]
+    last = min(known) if known else build_time
+    for entry in config.history:
+        if entry.created is None:
+            entry.created = last
+        last = entry.created
+    config.created = max((h.created for h in config.history if h.created), default=build_time)
