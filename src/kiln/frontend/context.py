@@ -21,8 +21,8 @@ copy and BuildKit's content hashing):
 something that affects the copied result changes (names, types, permission bits,
 contents, symlink targets, ``--chown``/``--chmod``), never with mtimes or source owners.
 File hashes are remembered in-process and, with ``memo_dir``, across runs; a memo entry
-is keyed by device, inode, size, mtime and ctime, and only entries hashed well after the
-file last changed are persisted, so a stale entry can never be used.
+is keyed by device, inode, size, mtime and ctime, and is only recorded when the hash was
+taken clearly after the file last changed, so a later change always shows in the key.
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ EntryKind = Literal["file", "dir", "symlink"]
 _MAX_SYMLINKS = 40  # like Linux's MAXSYMLINKS
 _MEMO_VERSION = 1
 _MEMO_MAX_ENTRIES = 500_000
-# a file hashed less than this long after it last changed may still change within the
-# same timestamp tick; such a hash is used in-process but never persisted
+# A file can change again within the same coarse timestamp tick (a few ms) without its
+# mtime/ctime moving, so a hash taken right after a change may not be trusted later (git's
+# "racily clean" problem). A hash is remembered in-process only when it was started more
+# than _TICK_NS after the file's last change, and persisted only after _RACY_NS (which
+# also absorbs clock steps and file servers with their own clocks).
+_TICK_NS = 100_000_000
 _RACY_NS = 2_000_000_000
 
 _FileKey = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
@@ -311,11 +315,15 @@ class BuildContext:
     def walk(self, match: SourceMatch) -> Iterator[ContextEntry]:
         """The selected file, or the directory and everything in it that .dockerignore
         keeps, parents before children, names sorted."""
+        for entry, _ in self._walk_with_stat(match):
+            yield entry
+
+    def _walk_with_stat(self, match: SourceMatch) -> Iterator[tuple[ContextEntry, os.stat_result]]:
         try:
             st = os.lstat(match.abs_path)
         except OSError as exc:
             raise ContextError(f'cannot read "{match.abs_path}"', why=exc.strerror) from exc
-        yield self._entry("", match.abs_path, st)
+        yield self._entry("", match.abs_path, st), st
         if not match.is_dir:
             return
         real = self._real_rel(match.abs_path)
@@ -339,8 +347,8 @@ class BuildContext:
         real_dir: str,
         rel_dir: str,
         state: MatchState | None,
-        pending: list[ContextEntry],
-    ) -> Iterator[ContextEntry]:
+        pending: list[tuple[ContextEntry, os.stat_result]],
+    ) -> Iterator[tuple[ContextEntry, os.stat_result]]:
         """Entries below *real_dir*. An excluded directory that is walked because an
         exception may re-include something waits in *pending* and is only yielded
         (before its first kept descendant) if something below it is kept."""
@@ -354,19 +362,19 @@ class BuildContext:
             excluded = child_state is not None and self.ignore.is_excluded(child_state)
             if excluded and (kind != "dir" or not self.ignore.could_reinclude(real)):
                 continue
-            entry = self._entry(_join(rel_dir, name), base / name, st)
+            item = (self._entry(_join(rel_dir, name), base / name, st), st)
             if excluded:
-                pending.append(entry)
-                yield from self._walk_dir(real, entry.rel, child_state, pending)
-                if pending and pending[-1] is entry:
+                pending.append(item)
+                yield from self._walk_dir(real, item[0].rel, child_state, pending)
+                if pending and pending[-1] is item:
                     pending.pop()
                 continue
             if pending:
                 yield from pending
                 pending.clear()
-            yield entry
+            yield item
             if kind == "dir":
-                yield from self._walk_dir(real, entry.rel, child_state, pending)
+                yield from self._walk_dir(real, item[0].rel, child_state, pending)
 
     # ------------------------------------------------------------------ digesting
 
@@ -384,9 +392,9 @@ class BuildContext:
                 record("source", source, len(matches))
                 for match in matches:
                     record("match", match.rel_path, match.is_dir)
-                    for e in self.walk(match):
+                    for e, st in self._walk_with_stat(match):
                         if e.kind == "file":
-                            record("f", e.rel, e.mode, e.size, self._file_sha256(e.abs_path))
+                            record("f", e.rel, e.mode, e.size, self._file_sha256(e.abs_path, st))
                         elif e.kind == "symlink":
                             record("l", e.rel, e.mode, e.link_target)
                         else:
@@ -395,12 +403,8 @@ class BuildContext:
             self._memo.flush()
         return "sha256:" + h.hexdigest()
 
-    def _file_sha256(self, path: Path) -> str:
+    def _file_sha256(self, path: Path, lst: os.stat_result) -> str:
         spath = str(path)
-        try:
-            lst = os.lstat(spath)
-        except OSError as exc:
-            raise ContextError(f'cannot read "{spath}"', why=exc.strerror) from exc
         known = self._memo.get(spath, _key(lst))
         if known is not None:
             return known
@@ -417,9 +421,9 @@ class BuildContext:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
             after = os.fstat(fd)
         key = _key(before)
-        if key == _key(after):
-            settled = max(after.st_mtime_ns, after.st_ctime_ns) + _RACY_NS < started
-            self._memo.put(spath, key, digest, persist=settled)
+        changed = max(after.st_mtime_ns, after.st_ctime_ns)
+        if key == _key(after) and changed + _TICK_NS < started:
+            self._memo.put(spath, key, digest, persist=changed + _RACY_NS < started)
         return digest
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -373,6 +374,13 @@ def test_in_process_memo_never_serves_a_changed_file(ctx: Path) -> None:
     assert bc.digest(["a.txt"], chown=None, chmod=None) == first
 
 
+def _settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorten the persistence delay (2 s) to a few timestamp ticks, and wait that long,
+    so the fixture's fresh files count as settled."""
+    monkeypatch.setattr(context_mod, "_RACY_NS", context_mod._TICK_NS)
+    time.sleep(context_mod._TICK_NS / 1e9 * 1.5)
+
+
 def _memo_file(memo_dir: Path) -> Path:
     (found,) = memo_dir.glob("context-*.json")
     return found
@@ -381,7 +389,7 @@ def _memo_file(memo_dir: Path) -> Path:
 def test_persistent_memo_roundtrip(
     ctx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(context_mod, "_RACY_NS", -(10**12))  # treat every file as settled
+    _settle(monkeypatch)
     memo = tmp_path / "memo"
     first = _ctx(ctx, memo_dir=memo).digest(["src"], chown=None, chmod=None)
     doc = json.loads(_memo_file(memo).read_text())
@@ -414,7 +422,7 @@ def test_recently_changed_files_are_not_persisted(ctx: Path, tmp_path: Path) -> 
 def test_corrupt_memo_is_ignored(
     ctx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(context_mod, "_RACY_NS", -(10**12))
+    _settle(monkeypatch)
     memo = tmp_path / "memo"
     expected = _digest(ctx, "src")
     assert _ctx(ctx, memo_dir=memo).digest(["src"], chown=None, chmod=None) == expected
@@ -432,7 +440,7 @@ def test_corrupt_memo_is_ignored(
 def test_memo_prunes_deleted_files(
     ctx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(context_mod, "_RACY_NS", -(10**12))
+    _settle(monkeypatch)
     memo = tmp_path / "memo"
     _ctx(ctx, memo_dir=memo).digest(["src"], chown=None, chmod=None)
     gone = str(ctx.resolve() / "src/util.py")
