@@ -116,6 +116,8 @@ class BuildContext:
         self, root: Path, ignore: IgnoreMatcher | None = None, *, memo_dir: Path | None = None
     ) -> None:
         self.root = Path(os.path.realpath(root))
+        if not self.root.is_dir():
+            raise ContextError(f"build context {root} is not a directory")
         self.ignore = ignore if ignore is not None else IgnoreMatcher([])
         self._memo = _HashMemo(self.root, memo_dir)
 

@@ -108,7 +108,7 @@ def _expose(p: Planner, st: StageState, ins: Instruction) -> None:
     env = st.expansion_env()
     ports = []
     for raw in ins.value:
-        for word in p.expand(raw, env, ins.line).split():
+        for word in p.expand_words(raw, env, ins.line):
             port, _, proto = word.partition("/")
             proto = (proto or "tcp").lower()
             if not re.fullmatch(r"\d+(-\d+)?", port) or proto not in ("tcp", "udp", "sctp"):

@@ -130,6 +130,12 @@ class Planner:
         except WordError as exc:
             raise self.error(str(exc), line) from exc
 
+    def expand_words(self, word: str, env: Mapping[str, str], line: int) -> list[str]:
+        try:
+            return self.words.expand_words(word, env)
+        except WordError as exc:
+            raise self.error(str(exc), line) from exc
+
     def resolve_image(self, ref: str, line: int) -> ImageBase:
         if ref not in self._images:
             try:

@@ -273,9 +273,9 @@ class _Unpacker:
             while view := reader.read(COPY_SIZE):
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fchown(fd, h.uid, h.gid)
-            self._xattrs(fd, h)
             os.fchmod(fd, h.mode)
+            self._xattrs(fd, h)
+            os.fchown(fd, h.uid, h.gid)
             os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
         finally:
             os.close(fd)

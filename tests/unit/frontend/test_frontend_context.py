@@ -71,6 +71,13 @@ def test_select_plain_paths(ctx: Path) -> None:
     assert _names(bc.select(["a.txt", "a.txt", "empty"])) == ["a.txt", "a.txt", "empty"]
 
 
+def test_context_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ContextError, match="is not a directory"):
+        BuildContext(tmp_path / "nope")
+    with pytest.raises(ContextError, match="is not a directory"):
+        BuildContext(_write(tmp_path, "file"))
+
+
 def test_missing_source_is_an_error_naming_it(ctx: Path) -> None:
     bc = _ctx(ctx)
     with pytest.raises(ContextError, match=re.escape('"/missing.txt": not found')):
@@ -357,9 +364,11 @@ def test_big_file_is_streamed_and_hashed(ctx: Path) -> None:
 
 
 def test_in_process_memo_never_serves_a_changed_file(ctx: Path) -> None:
+    time.sleep(context_mod._TICK_NS / 1e9 * 1.5)  # let the fixture's files settle
     bc = _ctx(ctx)
     path = ctx / "a.txt"
     first = bc.digest(["a.txt"], chown=None, chmod=None)
+    assert str(path.resolve()) in bc._memo._live  # remembered: the next digest is free
     st = path.stat()
     path.write_text("ALPHA")  # same size...
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and same mtime
@@ -372,6 +381,13 @@ def test_in_process_memo_never_serves_a_changed_file(ctx: Path) -> None:
     os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     tmp.replace(path)
     assert bc.digest(["a.txt"], chown=None, chmod=None) == first
+
+
+def test_fresh_files_are_not_remembered(ctx: Path) -> None:
+    bc = _ctx(ctx)
+    _write(ctx, "new.txt", "just written")
+    bc.digest(["new.txt"], chown=None, chmod=None)
+    assert str((ctx / "new.txt").resolve()) not in bc._memo._live
 
 
 def _settle(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,265 @@
+"""The v1 REST API (``_apis/artifactcache``) over every metadata backend, on a real uvicorn."""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from tests.fixtures.gha import AppHarness, Wire, token_for
+
+from kiln.gha.server.tokens import READ
+
+VERSION = "a" * 64
+
+
+def wire(app: AppHarness, *scopes: str | tuple[str, int], base: str = "/") -> Wire:
+    return Wire(app.client, token_for(*scopes), base)
+
+
+def test_save_then_restore_exact(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "refs/heads/main")
+    data = secrets.token_bytes(3 * (1 << 20) + 5)
+    assert w.v1_lookup(["deps-1"], VERSION).status_code == 204
+    w.v1_save("deps-1", VERSION, data)
+    resp = w.v1_lookup(["deps-1"], VERSION)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["cacheKey"] == "deps-1"
+    assert body["scope"] == "refs/heads/main"
+    assert body["cacheVersion"] == VERSION
+    assert body["creationTime"].endswith("Z")
+    # archiveLocation is a signed URL that needs no token (the npm client sends none)
+    got = gha_app.client.get(body["archiveLocation"])
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["content-length"] == str(len(data))
+    assert got.headers["x-ms-request-id"]
+
+
+def test_entry_is_invisible_until_committed(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    cache_id = w.v1_reserve("k", VERSION, 8).json()["cacheId"]
+    assert w.v1_chunk(cache_id, 0, b"12345678").status_code == 204
+    assert w.v1_lookup(["k"], VERSION).status_code == 204
+    # a commit with another size than what was uploaded fails and exposes nothing
+    bad = w.v1_commit(cache_id, 9)
+    assert bad.status_code == 400
+    assert w.v1_lookup(["k"], VERSION).status_code == 204
+    assert w.v1_commit(cache_id, 8).status_code == 204
+    assert w.v1_lookup(["k"], VERSION).status_code == 200
+
+
+def test_commit_with_a_gap_is_refused(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    cache_id = w.v1_reserve("k", VERSION).json()["cacheId"]
+    w.v1_chunk(cache_id, 0, b"aaaa")
+    w.v1_chunk(cache_id, 8, b"cccc")
+    resp = w.v1_commit(cache_id, 12)
+    assert resp.status_code == 400 and "does not make 12 bytes" in resp.json()["message"]
+    w.v1_chunk(cache_id, 4, b"bbbb")
+    assert w.v1_commit(cache_id, 12).status_code == 204
+    loc = w.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    assert gha_app.client.get(loc).content == b"aaaabbbbcccc"
+
+
+def test_matching_order_prefix_and_restore_keys(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    w.v1_save("npm-linux-abc", VERSION, b"old")
+    w.v1_save("npm-linux-def", VERSION, b"new")
+    w.v1_save("npm-", VERSION, b"exact")
+    w.v1_save("yarn-linux", VERSION, b"yarn")
+
+    def hit(*keys: str) -> str | None:
+        resp = w.v1_lookup(list(keys), VERSION)
+        return None if resp.status_code == 204 else str(resp.json()["cacheKey"])
+
+    assert hit("npm-linux-abc") == "npm-linux-abc"  # exact primary key
+    assert hit("npm-linux") == "npm-linux-def"  # prefix of the primary key: newest wins
+    assert hit("npm-") == "npm-"  # an exact match beats newer prefix matches
+    assert hit("missing", "yarn-") == "yarn-linux"  # a restore key as a prefix
+    assert hit("missing", "npm-linux-abc", "yarn-") == "npm-linux-abc"  # restore keys in order
+    assert hit("nothing", "nope") is None
+
+
+def test_version_must_match(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    w.v1_save("k", VERSION, b"data")
+    assert w.v1_lookup(["k"], "b" * 64).status_code == 204
+    # the same key with another version is another entry
+    w.v1_save("k", "b" * 64, b"other")
+    assert w.v1_lookup(["k"], "b" * 64).status_code == 200
+
+
+def test_duplicate_reservation_conflicts(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    assert w.v1_reserve("k", VERSION).status_code == 201
+    resp = w.v1_reserve("k", VERSION)
+    assert resp.status_code == 409
+    body = resp.json()
+    assert "already exists" in body["message"].lower()
+    assert body["typeKey"] == "ArtifactCacheItemAlreadyExistsException"
+
+
+def test_missing_or_bad_token_is_401(gha_app: AppHarness) -> None:
+    url = "/_apis/artifactcache/cache"
+    params = {"keys": "k", "version": VERSION}
+    assert gha_app.client.get(url, params=params).status_code == 401
+    for token in (
+        "garbage",
+        token_for("main", secret=b"another-secret-of-enough-length"),
+        token_for("main", ttl=-120),  # expired
+    ):
+        resp = gha_app.client.get(url, params=params, headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 401, token
+
+
+def test_read_only_token_cannot_write(gha_app: AppHarness) -> None:
+    wire(gha_app, "main").v1_save("k", VERSION, b"data")
+    ro = wire(gha_app, ("main", READ))
+    resp = ro.v1_reserve("k2", VERSION)
+    assert resp.status_code == 403
+    assert resp.json()["message"].startswith("cache write denied:")
+    assert ro.v1_lookup(["k"], VERSION).status_code == 200  # reading is fine
+
+
+def test_token_without_readable_scope_is_denied_reads(gha_app: AppHarness) -> None:
+    resp = wire(gha_app, ("main", 2)).v1_lookup(["k"], VERSION)
+    assert resp.status_code == 403
+    assert resp.json()["message"].startswith("cache read denied:")
+
+
+def test_pull_request_scopes(gha_app: AppHarness) -> None:
+    main = wire(gha_app, "refs/heads/main")
+    main.v1_save("deps", VERSION, b"from main")
+    pr = wire(gha_app, "refs/pull/7/merge", ("refs/heads/main", READ))
+    # the PR reads main's entry through its fallback scope
+    resp = pr.v1_lookup(["deps"], VERSION)
+    assert resp.json()["scope"] == "refs/heads/main"
+    # its own save goes to its own scope, and then wins over main's in its lookups
+    pr.v1_save("deps", VERSION, b"from the PR")
+    resp = pr.v1_lookup(["deps"], VERSION)
+    assert resp.json()["scope"] == "refs/pull/7/merge"
+    assert gha_app.client.get(resp.json()["archiveLocation"]).content == b"from the PR"
+    # main never sees the PR's entry
+    assert main.v1_lookup(["deps"], VERSION).json()["scope"] == "refs/heads/main"
+    # and the PR cannot upload into an upload main reserved
+    cache_id = main.v1_reserve("main-only", VERSION).json()["cacheId"]
+    assert pr.v1_chunk(cache_id, 0, b"evil").status_code == 403
+    assert pr.v1_commit(cache_id, 4).status_code == 403
+
+
+def test_size_bounds(gha_app_factory: object) -> None:
+    app = gha_app_factory(max_size=10_000, max_entry_size=1000)  # type: ignore[operator]
+    w = wire(app, "main")
+    resp = w.v1_reserve("big", VERSION, 5000)
+    assert resp.status_code == 400 and "over" in resp.json()["message"]
+    cache_id = w.v1_reserve("k", VERSION, 100).json()["cacheId"]
+    # past the declared size
+    assert w.v1_chunk(cache_id, 90, b"x" * 20).status_code == 413
+    # body longer than its Content-Range
+    headers = dict(w.headers)
+    headers["Content-Range"] = "bytes 0-9/*"
+    resp = app.client.patch(
+        f"/_apis/artifactcache/caches/{cache_id}", content=b"y" * 50, headers=headers
+    )
+    assert resp.status_code == 413
+    # body shorter than its Content-Range
+    headers["Content-Range"] = "bytes 0-49/*"
+    resp = app.client.patch(
+        f"/_apis/artifactcache/caches/{cache_id}", content=b"y" * 10, headers=headers
+    )
+    assert resp.status_code == 400
+    # no Content-Range at all
+    resp = app.client.patch(
+        f"/_apis/artifactcache/caches/{cache_id}", content=b"y", headers=w.headers
+    )
+    assert resp.status_code == 400
+    # without a declared size, the per-entry cap applies
+    other = w.v1_reserve("k2", VERSION).json()["cacheId"]
+    assert w.v1_chunk(other, 999, b"ab").status_code == 413
+    # a JSON body past the limit
+    resp = app.client.post(
+        "/_apis/artifactcache/caches",
+        content=b'{"key": "' + b"x" * 100_000 + b'"}',
+        headers={**w.headers, "Content-Type": "application/json"},
+    )
+    assert resp.status_code in (400, 413)
+
+
+def test_bad_keys_are_refused(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    assert w.v1_reserve("a,b", VERSION).status_code == 400
+    assert w.v1_reserve("k" * 513, VERSION).status_code == 400
+    assert w.v1_reserve("", VERSION).status_code == 400
+    assert w.v1_lookup([f"k{i}" for i in range(11)], VERSION).status_code == 400
+
+
+def test_unknown_upload_is_404(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    assert w.v1_chunk(424242, 0, b"x").status_code == 404
+    assert w.v1_commit(424242, 1).status_code == 404
+
+
+def test_base_path_is_kept_like_github_urls(gha_app: AppHarness) -> None:
+    """ACTIONS_CACHE_URL may carry a path (GitHub's does); the API lives under it."""
+    w = wire(gha_app, "main", base="/some/tenant/")
+    w.v1_save("k", VERSION, b"data")
+    assert w.v1_lookup(["k"], VERSION).status_code == 200
+
+
+def test_ranged_download_of_archive_location(gha_app: AppHarness) -> None:
+    """go-actions-cache reopens a v1 download with ``Range: bytes=N-`` and wants 206."""
+    w = wire(gha_app, "main")
+    data = bytes(range(256)) * 100
+    w.v1_save("k", VERSION, data)
+    loc = w.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    resp = gha_app.client.get(loc, headers={"Range": "bytes=1000-"})
+    assert resp.status_code == 206
+    assert resp.headers["content-range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
+    assert resp.content == data[1000:]
+    resp = gha_app.client.get(loc, headers={"Range": "bytes=10-19"})
+    assert resp.status_code == 206 and resp.content == data[10:20]
+    resp = gha_app.client.get(loc, headers={"Range": "bytes=-5"})
+    assert resp.status_code == 206 and resp.content == data[-5:]
+    resp = gha_app.client.get(loc, headers={"Range": f"bytes={len(data)}-"})
+    assert resp.status_code == 416
+    assert resp.headers["content-range"] == f"bytes */{len(data)}"
+    head = gha_app.client.head(loc)
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+
+
+@pytest.mark.parametrize("tamper", ["sig", "se", "sp"])
+def test_archive_location_signature_is_checked(gha_app: AppHarness, tamper: str) -> None:
+    w = wire(gha_app, "main")
+    w.v1_save("k", VERSION, b"secret data")
+    loc = w.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    parts = urlsplit(loc)
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    q[tamper] = {"sig": "AAAA", "se": str(int(q["se"]) + 100), "sp": "w"}[tamper]
+    query = "&".join(f"{k}={v}" for k, v in q.items())
+    resp = gha_app.client.get(f"{parts.scheme}://{parts.netloc}{parts.path}?{query}")
+    assert resp.status_code == 403
+    assert (
+        resp.headers["x-ms-error-code"] == "AuthenticationFailed"
+        or resp.headers["x-ms-error-code"] == "AuthorizationFailure"
+    )
+    assert b"secret data" not in resp.content
+
+
+def test_expired_download_url_is_refused(gha_app_factory: object) -> None:
+    app = gha_app_factory(url_ttl=-1)  # type: ignore[operator]
+    w = wire(app, "main")
+    w.v1_save("k", VERSION, b"data")
+    loc = w.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    assert app.client.get(loc).status_code == 403
+
+
+def test_list_caches_for_the_npm_clients_diagnostics(gha_app: AppHarness) -> None:
+    w = wire(gha_app, "main")
+    w.v1_save("abc-1", VERSION, b"x")
+    resp = gha_app.client.get(
+        "/_apis/artifactcache/caches", params={"key": "abc"}, headers=w.headers
+    )
+    assert resp.status_code == 200
+    assert resp.json()["totalCount"] == 1
+    assert resp.json()["artifactCaches"][0]["cacheKey"] == "abc-1"
