@@ -49,6 +49,7 @@ from kiln.differ.tarstream import (
 from kiln.errors import KilnError, RuntimeFailure
 from kiln.snapshot.whiteouts import (
     OVERLAY_XATTR_PREFIX,
+    WHITEOUT_META_PREFIX,
     Whiteout,
     classify,
     is_overlay_whiteout,
@@ -209,6 +210,8 @@ class _Unpacker:
         parts = _clean(h.name)
         if not parts:
             return  # the root itself: its metadata belongs to the snapshot, not the layer
+        if any(comp.startswith(WHITEOUT_META_PREFIX) for comp in parts[:-1]):
+            return  # inside AUFS bookkeeping (".wh..wh.plnk/…"): not part of the tree
         kind = classify(parts[-1])
         if kind is not None:
             self._whiteout(kind[0], parts[:-1], kind[1], h)
@@ -273,9 +276,9 @@ class _Unpacker:
             while view := reader.read(COPY_SIZE):
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fchmod(fd, h.mode)
-            self._xattrs(fd, h)
             os.fchown(fd, h.uid, h.gid)
+            self._xattrs(fd, h)
+            os.fchmod(fd, h.mode)
             os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
         finally:
             os.close(fd)
@@ -296,6 +299,11 @@ class _Unpacker:
             ) from None
         if stat.S_ISDIR(st.st_mode):
             raise _Unsafe(f"hardlink {h.name!r} points at the directory {h.linkname!r}")
+        try:
+            if os.path.samestat(os.lstat(path), st):
+                return  # already that file (a link to itself, or a repeated member)
+        except FileNotFoundError:
+            pass
         self._create(path, lambda: os.link(target, path, follow_symlinks=False))
 
     def _meta(self, path: str, h: TarHeader, *, symlink: bool = False) -> None:
