@@ -48,9 +48,10 @@ def local_registry(workdir: Path) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = workdir / "registry.yml"
+    storage = workdir / "storage"
     config.write_text(
         "version: 0.1\n"
-        f"storage: {{filesystem: {{rootdirectory: {workdir / 'storage'}}}, delete: {{enabled: true}}}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {storage}}}, delete: {{enabled: true}}}}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\nlog: {{level: error}}\n"
     )
     proc = subprocess.Popen(

@@ -169,12 +169,10 @@ class _Input:
         self._hash = hashlib.sha256()
         self._buf = b""
         self._pos = 0
-        self.eof = False
 
     def _more(self) -> bool:
         chunk = self._raw.read(READ_SIZE)
         if not chunk:
-            self.eof = True
             return False
         self._hash.update(chunk)
         self._buf = self._buf[self._pos :] + chunk if self._pos < len(self._buf) else chunk

@@ -176,7 +176,8 @@ class _Unpacker:
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(path, 0o755)
+                os.mkdir(path)
+                os.chmod(path, 0o755)  # whatever the umask: layers must not depend on it
                 if not self.overlay:
                     self.created.add(rel)
                 cur.append(comp)

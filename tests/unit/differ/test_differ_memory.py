@@ -69,9 +69,9 @@ def test_peak_rss_stays_flat_for_a_200mb_file(tmp_path: Path, compression: str) 
     (out / "warm").mkdir(parents=True)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [str(upper), str(tmp_path / "blobs"), str(warm), str(out), compression]
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(upper), str(tmp_path / "blobs"), str(warm)]
-        + [str(out), compression],
+        [sys.executable, "-c", SCRIPT, *args],
         capture_output=True,
         text=True,
         env=env,

@@ -31,7 +31,9 @@ def reg(name: str, data: bytes = b"", mode: int = 0o644, **kw: object) -> Member
 
 
 def directory(name: str, mode: int = 0o755, **kw: object) -> Member:
-    info, _ = reg(name, mode=mode, **kw)
+    info, _ = reg(name, b"", mode)
+    for key, value in kw.items():
+        setattr(info, key, value)
     info.type = tarfile.DIRTYPE
     return info, b""
 
