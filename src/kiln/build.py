@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.cache.remote.base import Backend, CacheContext
+from kiln.cache.remote.inline import InlineBackend
+from kiln.cache.remote.local import LocalBackend
+from kiln.cache.remote.registry import RegistryBackend
+from kiln.cache.remote.session import CacheSpec, RemoteCaches
 from kiln.cache.store import LocalCache
 from kiln.content import BlobLocator, BlobStore
-from kiln.errors import KilnError
+from kiln.errors import CorruptBlobError, KilnError
 from kiln.executor.runc import RuncExecutor
 from kiln.exporter.archive import write_image_tar
 from kiln.exporter.base import LocalOutput, Output, RegistryOutput, TarOutput
@@ -28,7 +33,8 @@ from kiln.frontend.dockerfile import parse_file
 from kiln.frontend.dockerignore import IgnoreMatcher, load_ignore_patterns
 from kiln.frontend.planner import Planner, PlanOptions
 from kiln.image import ImageConfig
-from kiln.oci import Descriptor, Platform, host_platform
+from kiln.oci import Platform, host_platform
+from kiln.registry.blobsource import RegistryBlobSource
 from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import DockerConfig
 from kiln.registry.reference import Reference
@@ -38,6 +44,8 @@ from kiln.solver.solver import Solver
 from kiln.solver.types import BuildResult, Progress, SolveOptions
 from kiln.solver.urls import UrlFetcher
 from kiln.state import KilnRoot, default_root, write_atomic
+
+_ATTEMPTS = 3  # solves of one build (a corrupt cached blob makes another necessary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,8 @@ class BuildOptions:
     compression: str = "gzip"
     compression_level: int | None = None
     root: Path | None = None
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
 
 
 @dataclass
@@ -66,25 +76,6 @@ class BuildOutcome:
     artifacts: ImageArtifacts
     pushed: list[str]
     stats: TransferStats
-
-
-class RegistryBlobSource:
-    """A blob provider backed by a registry repository."""
-
-    def __init__(self, client: RegistryClient, repo: Reference, category: str) -> None:
-        self.client = client
-        self.repo = repo
-        self.category = category
-        self.location = repo.name
-
-    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
-        self.client.fetch_blob(self.repo, desc, store, category=self.category)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RegistryBlobSource) and other.location == self.location
-
-    def __hash__(self) -> int:
-        return hash(self.location)
 
 
 class RegistryResolver:
@@ -129,20 +120,32 @@ def _context(options: BuildOptions, root: KilnRoot) -> tuple[BuildContext, Path]
     return BuildContext(ctx, IgnoreMatcher(patterns), memo_dir=root.path / "context"), dockerfile
 
 
-def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
-    root = KilnRoot(options.root or default_root()).ensure()
-    blobs = BlobStore(root.blobs)
-    locator = BlobLocator(blobs)
-    stats = TransferStats()
-    insecure = {
+def cache_backends() -> dict[str, Backend]:
+    """The remote cache backends, by ``type=`` name."""
+    backends: list[Backend] = [RegistryBackend(), InlineBackend(), LocalBackend()]
+    return {b.name: b for b in backends}
+
+
+def _insecure_hosts(options: BuildOptions) -> set[str]:
+    hosts = {
         Reference.parse(n).registry
         for o in options.outputs
         if isinstance(o, RegistryOutput) and o.insecure
         for n in o.names
     }
-    with RegistryClient(DockerConfig(), stats=stats, insecure=insecure) as client:
+    for item in (*options.cache_from, *options.cache_to):
+        if getattr(item.spec, "insecure", False):
+            hosts.add(item.spec.ref.registry)
+    return hosts
+
+
+def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
+    root = KilnRoot(options.root or default_root()).ensure()
+    blobs = BlobStore(root.blobs)
+    locator = BlobLocator(blobs)
+    stats = TransferStats()
+    with RegistryClient(DockerConfig(), stats=stats, insecure=_insecure_hosts(options)) as client:
         context, dockerfile = _context(options, root)
-        parsed = parse_file(dockerfile)
         plan_options = PlanOptions(
             platform=options.platform or host_platform(),
             build_args=options.build_args,
@@ -150,55 +153,80 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
             labels=options.labels,
             network=options.network,
         )
-        planner = Planner(
-            parsed, context, RegistryResolver(client, locator), plan_options, UrlFetcher(root)
-        )
+        resolver = RegistryResolver(client, locator)
+        planner = Planner(parse_file(dockerfile), context, resolver, plan_options, UrlFetcher(root))
         plan = planner.plan()
         for warning in plan.warnings:
             progress.message(f"WARNING: {warning}")
-        snapshots = SnapshotStore(root, blobs)
-        solver = Solver(
-            root,
-            blobs,
-            locator,
-            LocalCache(root.cache_keys, blobs, snapshots.exists),
-            snapshots,
-            RuncExecutor(root),
-            context,
-            progress,
-            SolveOptions(
-                no_cache=options.no_cache,
-                compression=options.compression,
-                compression_level=options.compression_level,
-                source_date_epoch=options.source_date_epoch,
-                secrets=options.secrets,
-            ),
+        caches = RemoteCaches(
+            cache_backends(),
+            CacheContext(client, blobs, locator, lambda m: progress.message(f"WARNING: {m}")),
+            options.cache_from,
+            options.cache_to,
         )
-        result = solver.solve(plan)
-        target = result.target
-        oci = all(getattr(o, "oci_mediatypes", True) for o in options.outputs)
-        art = assemble(target.config, target.layers, oci=oci)
-        pushed: list[str] = []
-        for output in options.outputs:
-            if isinstance(output, RegistryOutput):
-                if not output.push:
-                    continue
-                progress.message(f"pushing {', '.join(output.names)}")
-                names = [Reference.parse(n) for n in output.names]
-                push_image(client, art, names, locator)
-                pushed += [f"{n.name}:{n.tag or 'latest'}@{art.digest}" for n in names]
-            elif isinstance(output, TarOutput):
-                progress.message(f"writing {output.kind} archive {output.dest}")
-                write_image_tar(art, Path(output.dest), kind=output.kind, names=output.names,
-                                locator=locator)  # fmt: skip
-            else:
-                assert isinstance(output, LocalOutput)
-                progress.message(f"writing root filesystem to {output.dest}")
-                write_rootfs(target.layers, Path(output.dest), locator)
+        remote = caches.load()
+        snapshots = SnapshotStore(root, blobs)
+        local = LocalCache(root.cache_keys, blobs, snapshots.exists)
+        solve_options = SolveOptions(
+            no_cache=options.no_cache,
+            compression=options.compression,
+            compression_level=options.compression_level,
+            source_date_epoch=options.source_date_epoch,
+            secrets=options.secrets,
+        )
+        for attempt in range(_ATTEMPTS):
+            solver = Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
+                            progress, solve_options, remote)  # fmt: skip
+            try:
+                result = solver.solve(plan)
+                config = result.target.config.clone()
+                caches.annotate_image(result, solver.lookup, config, result.target.layers)
+                oci = all(getattr(o, "oci_mediatypes", True) for o in options.outputs)
+                art = assemble(config, result.target.layers, oci=oci)
+                pushed = _export(options, art, result, client, locator, progress)
+                caches.export(result, solver.lookup)
+                break
+            except CorruptBlobError as exc:
+                # a cached result whose blob is corrupt is never used: forget it, solve again
+                if attempt == _ATTEMPTS - 1 or not caches.invalidate(exc.digest):
+                    raise
+                blobs.remove(exc.digest)
+                progress.message(
+                    f"WARNING: cached blob {exc.digest} is corrupt; running its step instead"
+                )
     outcome = BuildOutcome(result, art, pushed, stats)
     if options.metadata_file is not None:
         write_atomic(options.metadata_file, json.dumps(metadata(outcome), indent=2).encode())
     return outcome
+
+
+def _export(
+    options: BuildOptions,
+    art: ImageArtifacts,
+    result: BuildResult,
+    client: RegistryClient,
+    locator: BlobLocator,
+    progress: Progress,
+) -> list[str]:
+    pushed: list[str] = []
+    layers = result.target.layers
+    for output in options.outputs:
+        if isinstance(output, RegistryOutput):
+            if not output.push:
+                continue
+            progress.message(f"pushing {', '.join(output.names)}")
+            names = [Reference.parse(n) for n in output.names]
+            push_image(client, art, names, locator)
+            pushed += [f"{n.name}:{n.tag or 'latest'}@{art.digest}" for n in names]
+        elif isinstance(output, TarOutput):
+            progress.message(f"writing {output.kind} archive {output.dest}")
+            write_image_tar(art, Path(output.dest), kind=output.kind, names=output.names,
+                            locator=locator)  # fmt: skip
+        else:
+            assert isinstance(output, LocalOutput)
+            progress.message(f"writing root filesystem to {output.dest}")
+            write_rootfs(layers, Path(output.dest), locator)
+    return pushed
 
 
 def metadata(outcome: BuildOutcome) -> dict[str, Any]:

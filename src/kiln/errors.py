@@ -82,6 +82,14 @@ class NotFoundError(RegistryError):
     """A manifest or blob does not exist in a registry."""
 
 
+class CorruptBlobError(RegistryError):
+    """A blob's bytes do not match its digest (in a registry or a cache): never used."""
+
+    def __init__(self, what: str, *, digest: str, why: str | None = None) -> None:
+        super().__init__(what, why=why)
+        self.digest = digest
+
+
 class CacheError(KilnError):
     """A remote cache could not be read or written."""
 

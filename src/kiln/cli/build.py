@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kiln.build import BuildOptions, run_build
+from kiln.build import BuildOptions, cache_backends, run_build
+from kiln.cache.remote.session import parse_cache_flag
 from kiln.cli.progress import RichProgress, make_progress
 from kiln.errors import UsageError
 from kiln.exporter.base import parse_outputs, split_attrs
@@ -36,6 +37,14 @@ def register(sub: Any) -> None:
     p.add_argument("--platform", help="target platform (the host's only)")
     p.add_argument("--secret", dest="secrets", action="append", default=[],
                    metavar="id=ID,src=FILE")  # fmt: skip
+    p.add_argument(
+        "--cache-from", dest="cache_from", action="append", default=[], metavar="SPEC",
+        help="import a build cache: type=registry|local|gha,...",
+    )  # fmt: skip
+    p.add_argument(
+        "--cache-to", dest="cache_to", action="append", default=[], metavar="SPEC",
+        help="export the build cache: type=registry|inline|local|gha,...",
+    )  # fmt: skip
     p.add_argument("--compression", default="gzip", choices=["gzip", "zstd", "uncompressed"])
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
@@ -80,6 +89,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     from kiln.oci import Platform, host_platform
 
     tags = tuple(args.tags)
+    backends = cache_backends()
     platform = None
     if args.platform:
         try:
@@ -113,6 +123,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         source_date_epoch=epoch,
         secrets=_secrets(args.secrets),
         compression=args.compression,
+        cache_from=tuple(parse_cache_flag(v, "--cache-from", backends) for v in args.cache_from),
+        cache_to=tuple(parse_cache_flag(v, "--cache-to", backends) for v in args.cache_to),
     )
 
 

@@ -13,6 +13,7 @@ import bz2
 import contextlib
 import lzma
 import os
+import posixpath
 import shutil
 import stat
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from kiln.differ.compress import decompressing_reader
+from kiln.differ.tarstream import TarReader
 from kiln.errors import ContextError, KilnError
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.users import Identity
@@ -218,6 +220,26 @@ def _extract(archive: Path, target: Path, options: CopyOptions) -> None:
     with archive.open("rb") as raw:
         unpack_layer(_tar_stream(raw, _compression(archive)), "uncompressed", target, mode="apply")
     if options.owner is not None:
-        for dirpath, dirnames, filenames in os.walk(target):
-            for name in dirnames + filenames:
-                os.lchown(os.path.join(dirpath, name), options.owner.uid, options.owner.gid)
+        _chown_members(archive, target, options.owner)
+
+
+def _chown_members(archive: Path, target: Path, owner: Identity) -> None:
+    """ADD --chown of an archive: its members take the owner (BuildKit 0.23 and later);
+    what the destination already held, and parents the archive only implies, keep theirs."""
+    names: dict[str, None] = {}
+    with archive.open("rb") as raw:
+        reader = TarReader(_tar_stream(raw, _compression(archive)))
+        while (header := reader.next()) is not None:
+            names[posixpath.normpath("/" + header.name)] = None
+    for path in names:
+        if path == "/":
+            continue  # a "./" entry: extraction leaves the destination itself alone
+        head, _, base = path.rpartition("/")
+        host = resolve_in_root(target, head or "/") / base
+        try:
+            st = os.lstat(host)
+        except FileNotFoundError:
+            continue  # a whiteout marker: nothing was created under this name
+        os.lchown(host, owner.uid, owner.gid)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(host, stat.S_IMODE(st.st_mode))  # chown cleared setuid and setgid

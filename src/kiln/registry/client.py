@@ -17,7 +17,7 @@ from types import TracebackType
 import httpx
 
 from kiln.content import BlobStore, DigestMismatch
-from kiln.errors import NotFoundError, RegistryError
+from kiln.errors import CorruptBlobError, NotFoundError, RegistryError
 from kiln.oci import Descriptor, Platform, host_platform, is_digest, sha256_digest
 from kiln.registry.auth import pull_scope, push_scope
 from kiln.registry.dockerconfig import Anonymous, CredentialSource
@@ -310,8 +310,9 @@ class RegistryClient:
             break
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
-            raise RegistryError(
+            raise CorruptBlobError(
                 f"blob {digest} from {repo} does not match its digest",
+                digest=digest,
                 why=f"the registry served {offset} bytes with digest {actual}",
             )
 
@@ -337,12 +338,15 @@ class RegistryClient:
                     for chunk in chunks:
                         sink.write(chunk)
                         if sink.size > descriptor.size:
-                            raise RegistryError(
+                            raise CorruptBlobError(
                                 f"blob {descriptor.digest} from {repo_ref} is larger than "
-                                f"its descriptor's {descriptor.size} bytes"
+                                f"its descriptor's {descriptor.size} bytes",
+                                digest=descriptor.digest,
                             )
             except DigestMismatch as exc:  # pragma: no cover - open_blob checks first
-                raise RegistryError(f"blob {descriptor.digest} from {repo_ref}: {exc}") from exc
+                raise CorruptBlobError(
+                    f"blob {descriptor.digest} from {repo_ref}: {exc}", digest=descriptor.digest
+                ) from exc
         return sink.size
 
     def get_blob_bytes(

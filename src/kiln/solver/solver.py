@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kiln.cache.store import LocalCache, StepRecord, now_rfc3339
@@ -51,7 +52,7 @@ class Solver:
         context: BuildContext,
         progress: Progress,
         options: SolveOptions,
-        remote: list[CacheLookup] | None = None,
+        remote: Sequence[CacheLookup] = (),
     ) -> None:
         self.root = root
         self.blobs = blobs
@@ -60,7 +61,7 @@ class Solver:
         self.snapshots = snapshots
         self.progress = progress
         self.options = options
-        self.remote = remote or []
+        self.remote = list(remote)
         self.runner = StepRunner(root, blobs, locator, snapshots, executor, context, options)
         self._futures: dict[int, Future[StageResult]] = {}
         self._lock = threading.Lock()
@@ -85,7 +86,8 @@ class Solver:
         stages = {i: f.result() for i, f in self._futures.items() if f.done() and not f.exception()}
         order = {idx: n for n, idx in enumerate(needed)}
         reports = sorted(self._reports, key=lambda r: (order.get(r.step.stage, 0), r.step.number))
-        return BuildResult(plan, target, stages, reports)
+        self._keep_fetched_hits(reports)
+        return BuildResult(plan, target, stages, reports, self.keys)
 
     # ------------------------------------------------------------------ stages
     def _stage_future(self, index: int) -> Future[StageResult]:
@@ -141,7 +143,7 @@ class Solver:
                 chain.append(record.layer)
             history = config.history[step.history_index]
             history.empty_layer = record.layer is None
-            history.created = record.created
+            history.created = record.created or None
             step_results.append((key, record.layer))
         _fill_history_times(config, self._build_time)
         config.diff_ids = [layer.diff_id for layer in chain]
@@ -152,9 +154,9 @@ class Solver:
     ) -> StepRecord:
         if hit is not None:
             self.progress.step_cached(step, hit.source)
-            if hit.source != "local":
-                self.local.put(key, hit.record)
-            self._report(StepReport(step, key, hit.source, 0.0, hit.record.layer))
+            self._report(
+                StepReport(step, key, hit.source, 0.0, hit.record.layer, hit.record.created)
+            )
             return hit.record
         for dep in step.depends_on():
             self._stage_result(dep)  # wait for what this step reads before it starts
@@ -173,8 +175,15 @@ class Solver:
         record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch))
         self.local.put(key, record)
         self.progress.step_done(step, seconds)
-        self._report(StepReport(step, key, False, seconds, layer))
+        self._report(StepReport(step, key, False, seconds, layer, record.created))
         return record
+
+    def _keep_fetched_hits(self, reports: list[StepReport]) -> None:
+        """Remote hits whose blob is now on this machine become local cache entries."""
+        for report in reports:
+            layer = report.layer
+            if report.cached == "remote" and (layer is None or self.blobs.has(layer.digest)):
+                self.local.put(report.key, StepRecord(layer, report.created))
 
     def _report(self, report: StepReport) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from kiln.cache.store import StepRecord
 from kiln.frontend.base import BuildPlan, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
+from kiln.solver.keys import StageKeys
 
 CacheSource = Literal["local", "remote"]
 
@@ -29,6 +30,7 @@ class StepReport:
     cached: CacheSource | Literal[False]
     seconds: float
     layer: Layer | None
+    created: str
 
 
 @dataclass
@@ -46,8 +48,9 @@ class StageResult:
 class BuildResult:
     plan: BuildPlan
     target: StageResult
-    stages: dict[int, StageResult]
+    stages: dict[int, StageResult]  # the stages that were solved
     reports: list[StepReport]
+    keys: dict[int, StageKeys]  # keys of every planned stage, solved or not
 
 
 class Progress(Protocol):

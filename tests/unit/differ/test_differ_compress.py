@@ -60,7 +60,7 @@ def test_default_gzip_header_has_no_timestamp() -> None:
     assert _compress("gzip") == blob
 
 
-@pytest.mark.parametrize("level", [None, 1, 19])
+@pytest.mark.parametrize("level", [None, 1, 9])
 def test_zstd_round_trip_with_checksum(level: int | None) -> None:
     blob = _compress("zstd", level)
     params = zstandard.get_frame_parameters(blob)

@@ -1,0 +1,217 @@
+"""BuildKit's cache config (``application/vnd.buildkit.cacheconfig.v0``), written and read.
+
+Every backend stores the same structure; they differ only in where blobs and the config
+live. kiln maps one exported step to one record: ``digest`` is the step's cache key,
+``inputs`` links to the record of the step before it, ``layers`` names the layer the step
+produced — as the top of a chain whose ``parent`` links follow the steps — or is empty
+when the step changed nothing. kiln's keys are its own (opaque digests), so a BuildKit
+cache is never mistaken for a kiln one; the structure is BuildKit's so that registries,
+tools and people who know BuildKit caches recognise kiln's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.cache.store import StepRecord
+from kiln.oci import Descriptor, Layer, is_digest
+
+CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
+INLINE_CONFIG_KEY = "moby.buildkit.cache.v0"
+ANNOTATION_DIFF_ID = "containerd.io/uncompressed"
+ANNOTATION_CREATED = "buildkit/createdat"
+MAX_CONFIG_SIZE = 16 << 20
+
+
+class CacheFormatError(ValueError):
+    """The cache config is not something kiln can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One step to export: its key, the key before it, and what it produced."""
+
+    key: str
+    parent: str | None
+    layer: Layer | None
+    created: str
+
+
+def _sorted(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
+    unique = {e.key: e for e in entries}
+    return [unique[k] for k in sorted(unique)]
+
+
+def build_config(
+    entries: Iterable[CacheEntry], *, annotate: bool
+) -> tuple[dict[str, Any], list[Layer]]:
+    """The cache config and the distinct layers it references, in ``layers`` order.
+
+    With *annotate* (backends without an OCI manifest, like gha) each layer entry carries
+    its media type, diff ID, size and creation time.
+    """
+    ordered = _sorted(entries)
+    by_key = {e.key: e for e in ordered}
+    layer_index: dict[tuple[str, int], int] = {}
+    layers_json: list[dict[str, Any]] = []
+    layers: list[Layer] = []
+
+    def index_of(entry: CacheEntry, seen: frozenset[str] = frozenset()) -> int:
+        """Index of *entry*'s layer, its parent being the nearest earlier step layer."""
+        assert entry.layer is not None
+        parent_index = -1
+        parent = by_key.get(entry.parent) if entry.parent else None
+        while parent is not None and parent.layer is None and parent.key not in seen:
+            seen = seen | {parent.key}
+            parent = by_key.get(parent.parent) if parent.parent else None
+        if parent is not None and parent.layer is not None and parent.key not in seen:
+            parent_index = index_of(parent, seen | {entry.key})
+        slot = (entry.layer.digest, parent_index)
+        if slot not in layer_index:
+            item: dict[str, Any] = {"blob": entry.layer.digest}
+            if parent_index != 0:  # BuildKit omits a zero parent
+                item["parent"] = parent_index
+            if annotate:
+                item["annotations"] = {
+                    "mediaType": entry.layer.blob.media_type,
+                    "diffID": entry.layer.diff_id,
+                    "size": entry.layer.blob.size,
+                    "createdAt": entry.created,
+                }
+            layer_index[slot] = len(layers_json)
+            layers_json.append(item)
+            if entry.layer.digest not in {x.digest for x in layers}:
+                layers.append(entry.layer)
+        return layer_index[slot]
+
+    record_index = {e.key: i for i, e in enumerate(ordered)}
+    records: list[dict[str, Any]] = []
+    for entry in ordered:
+        record: dict[str, Any] = {"digest": entry.key}
+        if entry.parent in record_index:
+            record["inputs"] = [[{"link": record_index[entry.parent]}]]
+        if entry.layer is not None:
+            record["layers"] = [{"layer": index_of(entry), "createdAt": entry.created}]
+        records.append(record)
+    config: dict[str, Any] = {"layers": layers_json, "records": records}
+    return config, layers
+
+
+def build_inline(entries: Iterable[CacheEntry], image_layers: Sequence[Layer]) -> str:
+    """The base64 value of ``moby.buildkit.cache.v0``: records only, layer *i* being the
+    image's layer *i*."""
+    positions = {layer.digest: i for i, layer in enumerate(image_layers)}
+    ordered = [e for e in _sorted(entries) if e.layer is None or e.layer.digest in positions]
+    record_index = {e.key: i for i, e in enumerate(ordered)}
+    records: list[dict[str, Any]] = []
+    for entry in ordered:
+        record: dict[str, Any] = {"digest": entry.key}
+        if entry.parent in record_index:
+            record["inputs"] = [[{"link": record_index[entry.parent]}]]
+        if entry.layer is not None:
+            record["layers"] = [
+                {"layer": positions[entry.layer.digest], "createdAt": entry.created}
+            ]
+        records.append(record)
+    raw = json.dumps({"records": records}, sort_keys=True, separators=(",", ":"))
+    return base64.b64encode(raw.encode()).decode()
+
+
+def layer_descriptor(desc: Descriptor, *, created: str | None = None) -> Descriptor:
+    """A manifest layer descriptor annotated as BuildKit does (diff ID, creation time)."""
+    annotations = dict(desc.annotations)
+    if created:
+        annotations.setdefault(ANNOTATION_CREATED, created)
+    return Descriptor(desc.media_type, desc.digest, desc.size, annotations)
+
+
+def parse_json(data: bytes, what: str) -> dict[str, Any]:
+    if len(data) > MAX_CONFIG_SIZE:
+        raise CacheFormatError(f"{what} is larger than {MAX_CONFIG_SIZE} bytes")
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise CacheFormatError(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CacheFormatError(f"{what} is not a JSON object")
+    return raw
+
+
+def parse_config(
+    raw: Mapping[str, Any], blobs: Mapping[str, Layer] | None = None
+) -> dict[str, StepRecord]:
+    """Records of a cache config: key → what the step produced.
+
+    *blobs* maps a blob digest to its layer (from an OCI manifest's annotated
+    descriptors); without it, each layer entry's own annotations must say.
+    """
+    layers_raw = raw.get("layers") or []
+    records_raw = raw.get("records") or []
+    if not isinstance(layers_raw, list) or not isinstance(records_raw, list):
+        raise CacheFormatError("layers and records must be lists")
+    layers: list[Layer | None] = [_layer(item, blobs) for item in layers_raw]
+    return _records(records_raw, layers)
+
+
+def parse_inline(value: str, image_layers: Sequence[Layer]) -> dict[str, StepRecord]:
+    try:
+        raw = parse_json(base64.b64decode(value, validate=True), INLINE_CONFIG_KEY)
+    except (ValueError, TypeError) as exc:
+        raise CacheFormatError(f"{INLINE_CONFIG_KEY} is not valid base64 JSON: {exc}") from exc
+    records_raw = raw.get("records") or []
+    if not isinstance(records_raw, list):
+        raise CacheFormatError("records must be a list")
+    return _records(records_raw, list(image_layers))
+
+
+def _layer(item: Any, blobs: Mapping[str, Layer] | None) -> Layer | None:
+    if not isinstance(item, dict) or not is_digest(str(item.get("blob", ""))):
+        raise CacheFormatError("a layer entry has no valid blob digest")
+    digest = str(item["blob"])
+    if blobs is not None and digest in blobs:
+        return blobs[digest]
+    notes = item.get("annotations")
+    if not isinstance(notes, dict):
+        return None  # not described anywhere: records using it are unusable
+    diff_id = str(notes.get("diffID", ""))
+    if not is_digest(diff_id):
+        return None
+    try:
+        size = int(notes.get("size", -1))
+    except (TypeError, ValueError):
+        return None
+    media = str(notes.get("mediaType", ""))
+    if size < 0 or not media:
+        return None
+    return Layer(Descriptor(media, digest, size), diff_id)
+
+
+def _records(records_raw: list[Any], layers: Sequence[Layer | None]) -> dict[str, StepRecord]:
+    out: dict[str, StepRecord] = {}
+    for item in records_raw:
+        if not isinstance(item, dict) or not is_digest(str(item.get("digest", ""))):
+            continue
+        results = item.get("layers") or []
+        if not isinstance(results, list):
+            continue
+        if not results:
+            out[str(item["digest"])] = StepRecord(None, "")
+            continue
+        result = results[0]
+        if not isinstance(result, dict):
+            continue
+        try:
+            index = int(result.get("layer", -1))
+        except (TypeError, ValueError):
+            continue
+        if not 0 <= index < len(layers):
+            continue
+        layer = layers[index]
+        if layer is None:
+            continue
+        out[str(item["digest"])] = StepRecord(layer, str(result.get("createdAt") or ""))
+    return out

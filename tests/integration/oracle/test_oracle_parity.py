@@ -1,0 +1,451 @@
+"""kiln against BuildKit (Docker's built-in frontend) on the same contexts.
+
+Each case builds one context with ``DOCKER_BUILDKIT=1 docker build`` and with kiln, then
+compares the root filesystems (paths, types, permission bits, owners, contents, symlink
+targets; never mtimes) and the image configs.
+
+kiln's filesystem is taken two ways: its ``type=local`` output, and its own layers (from
+the ``type=oci`` archive) applied in order — so the layers kiln pushes, whiteouts
+included, are checked as well as the directory it writes. Docker's filesystem is its
+``docker save`` layers applied the same way (not ``docker export``, which adds the
+container's own files: ``/.dockerenv``, ``/etc/hosts``, ``/etc/hostname``, ...).
+
+Exclusions, each because Docker adds the path itself, not the Dockerfile:
+- ``/dev``, ``/proc``, ``/sys`` as empty root-owned directories when the base image has
+  none: the BuildKit inside Docker 20.10 (v0.8) leaves the mount points runc created for a
+  RUN step in that step's layer; later BuildKit releases remove such stubs, as kiln does.
+
+Where the BuildKit inside Docker 20.10 predates a behaviour change, the oracle's result is
+adjusted to the current behaviour, narrowly, and each adjustment asserts that it changed
+something (so it goes stale loudly on a newer engine):
+- ``ADD --chown`` of a local archive: v0.8 ignores ``--chown`` for the extracted members;
+  since v0.23 (moby/buildkit#5987) the members take the owner, while directories the
+  archive only implies stay 0:0 and the destination's other content keeps its owner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.fixtures.build import KilnRun, make_context
+from tests.fixtures.docker import DockerEngine
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# ------------------------------------------------------------------------------ tree model
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str  # dir | file | symlink | char | block | fifo
+    mode: int  # permission bits with setuid/setgid/sticky; 0 for symlinks
+    uid: int
+    gid: int
+    data: str = ""  # sha256 of a file, target of a symlink, "major,minor" of a device
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid} {self.data}".rstrip()
+
+
+Tree = dict[str, Node]  # "/a/b" → node (the root itself is not listed)
+
+_TAR_KINDS = {
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.FIFOTYPE: "fifo",
+}
+
+
+def _norm(name: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return "/" + "/".join(parts)
+
+
+def _remove_below(tree: Tree, path: str, *, keep_self: bool) -> None:
+    prefix = path.rstrip("/") + "/"
+    for key in [k for k in tree if k.startswith(prefix) or (k == path and not keep_self)]:
+        del tree[key]
+
+
+def apply_layer(tree: Tree, layer: bytes) -> None:
+    """Apply one layer tar (plain or gzip) to *tree*, whiteouts first (they only ever
+    refer to lower layers), then this layer's entries in order."""
+    if layer[:2] == b"\x1f\x8b":
+        layer = gzip.decompress(layer)
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
+        members = tar.getmembers()
+        for m in members:
+            path = _norm(m.name)
+            parent, _, base = path.rpartition("/")
+            if base == ".wh..wh..opq":
+                _remove_below(tree, parent or "/", keep_self=True)
+            elif base.startswith(".wh."):
+                _remove_below(tree, f"{parent}/{base[4:]}", keep_self=False)
+        for m in members:
+            path = _norm(m.name)
+            if path == "/" or path.rpartition("/")[2].startswith(".wh."):
+                continue
+            if m.islnk():
+                target = tree[_norm(m.linkname)]
+                node = target
+            elif m.isreg():
+                content = tar.extractfile(m)
+                assert content is not None
+                digest = hashlib.sha256(content.read()).hexdigest()
+                node = Node("file", m.mode & 0o7777, m.uid, m.gid, digest)
+            else:
+                kind = _TAR_KINDS[m.type]
+                data = m.linkname if kind == "symlink" else ""
+                if kind in ("char", "block"):
+                    data = f"{m.devmajor},{m.devminor}"
+                mode = 0 if kind == "symlink" else m.mode & 0o7777
+                node = Node(kind, mode, m.uid, m.gid, data)
+            old = tree.get(path)
+            if old is not None and old.kind == "dir" and node.kind != "dir":
+                _remove_below(tree, path, keep_self=True)
+            tree[path] = node
+
+
+def tree_of_dir(root: Path) -> Tree:
+    tree: Tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            host = Path(dirpath) / name
+            st = os.lstat(host)
+            path = "/" + str(host.relative_to(root))
+            fmt = stat.S_IFMT(st.st_mode)
+            mode = stat.S_IMODE(st.st_mode)
+            if fmt == stat.S_IFDIR:
+                node = Node("dir", mode, st.st_uid, st.st_gid)
+            elif fmt == stat.S_IFLNK:
+                node = Node("symlink", 0, st.st_uid, st.st_gid, os.readlink(host))
+            elif fmt == stat.S_IFREG:
+                digest = hashlib.sha256(host.read_bytes()).hexdigest()
+                node = Node("file", mode, st.st_uid, st.st_gid, digest)
+            elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+                kind = "char" if fmt == stat.S_IFCHR else "block"
+                dev = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
+                node = Node(kind, mode, st.st_uid, st.st_gid, dev)
+            else:
+                node = Node("fifo", mode, st.st_uid, st.st_gid)
+            tree[path] = node
+    return tree
+
+
+# ------------------------------------------------------------------------------ images
+
+
+@dataclass
+class Image:
+    config: dict[str, Any]
+    tree: Tree
+
+
+def docker_image(docker: DockerEngine, tag: str) -> Image:
+    """Docker's config (as BuildKit wrote it) and its layers applied, from ``docker save``."""
+    with tarfile.open(fileobj=io.BytesIO(docker.run_bytes("save", tag)), mode="r:") as tar:
+
+        def read(name: str) -> bytes:
+            member = tar.extractfile(name)
+            assert member is not None, name
+            return member.read()
+
+        (entry,) = json.loads(read("manifest.json"))
+        config = json.loads(read(entry["Config"]))
+        tree: Tree = {}
+        for layer in entry["Layers"]:
+            apply_layer(tree, read(layer))
+    return Image(config, tree)
+
+
+def oci_image(archive: Path) -> Image:
+    """kiln's config and its layers applied, from its ``type=oci`` archive."""
+    with tarfile.open(archive, mode="r:") as tar:
+
+        def blob(digest: str) -> bytes:
+            member = tar.extractfile("blobs/sha256/" + digest.removeprefix("sha256:"))
+            assert member is not None, digest
+            return member.read()
+
+        def read(name: str) -> bytes:
+            member = tar.extractfile(name)
+            assert member is not None, name
+            return member.read()
+
+        index = json.loads(read("index.json"))
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        tree: Tree = {}
+        for layer in manifest["layers"]:
+            apply_layer(tree, blob(layer["digest"]))
+    return Image(config, tree)
+
+
+STUB_DIRS = ("/dev", "/proc", "/sys")
+
+
+def without_docker_stubs(docker: Tree, kiln: Tree) -> Tree:
+    """Docker's tree minus the RUN mount-point stubs of BuildKit 0.8 (see the module doc)."""
+    out = dict(docker)
+    for path in STUB_DIRS:
+        node = out.get(path)
+        if node is None or path in kiln:
+            continue
+        assert node == Node("dir", 0o755, 0, 0), f"{path} is not a bare stub: {node}"
+        assert not any(k.startswith(path + "/") for k in out), f"{path} is not empty"
+        del out[path]
+    return out
+
+
+def chown_archive_members(
+    tree: Tree, dest: str, members: tuple[str, ...], uid: int, gid: int
+) -> None:
+    """What current BuildKit makes of ``ADD --chown=uid:gid archive dest``: the archive's
+    own members take the owner; the destination's other content and parents the archive
+    only implies do not."""
+    for member in members:
+        node = tree[dest + member]
+        assert (node.uid, node.gid) != (uid, gid), f"{dest + member}: already {uid}:{gid}"
+        tree[dest + member] = dataclasses.replace(node, uid=uid, gid=gid)
+
+
+def tree_diff(expected: Tree, actual: Tree) -> list[str]:
+    lines = []
+    for path in sorted(expected.keys() | actual.keys()):
+        want, got = expected.get(path), actual.get(path)
+        if want != got:
+            lines.append(f"{path}: buildkit={want or '-'}  kiln={got or '-'}")
+    return lines
+
+
+CONFIG_KEYS = (
+    "Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes",
+    "Healthcheck", "StopSignal", "OnBuild", "Shell",
+)  # fmt: skip
+
+
+def config_diff(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    want, got = expected.get("config") or {}, actual.get("config") or {}
+    return [
+        f"{key}: buildkit={want.get(key)!r}  kiln={got.get(key)!r}"
+        for key in CONFIG_KEYS
+        if want.get(key) != got.get(key)
+    ]
+
+
+def history_layers_consistent(config: dict[str, Any]) -> None:
+    history = config.get("history") or []
+    non_empty = [h for h in history if not h.get("empty_layer")]
+    assert len(non_empty) == len(config["rootfs"]["diff_ids"]), json.dumps(history, indent=1)
+    assert all(h.get("created_by") for h in history), history
+
+
+# ------------------------------------------------------------------------------ the harness
+
+Kiln = Callable[..., KilnRun]
+
+
+@dataclass
+class Compared:
+    docker: Image
+    kiln: Image
+    kiln_local: Tree
+
+
+def build_both(
+    kiln: Kiln, docker: DockerEngine, ctx: Path, work: Path, name: str, *args: str
+) -> Compared:
+    tag = f"kiln-oracle/{name}:latest"
+    docker.build(ctx, tag, *args)
+    local, archive = work / f"{name}-fs", work / f"{name}.oci.tar"
+    kiln(
+        "build", *args, "-o", f"type=local,dest={local}", "-o", f"type=oci,dest={archive}", ctx
+    ).check()
+    return Compared(docker_image(docker, tag), oci_image(archive), tree_of_dir(local))
+
+
+def assert_same(result: Compared) -> None:
+    expected = without_docker_stubs(result.docker.tree, result.kiln.tree)
+    problems = [f"layers  {d}" for d in tree_diff(expected, result.kiln.tree)]
+    problems += [f"local   {d}" for d in tree_diff(expected, result.kiln_local)]
+    problems += [f"config  {d}" for d in config_diff(result.docker.config, result.kiln.config)]
+    assert not problems, "kiln differs from BuildKit:\n" + "\n".join(problems)
+    for config in (result.docker.config, result.kiln.config):
+        history_layers_consistent(config)
+    flags = [
+        [bool(h.get("empty_layer")) for h in img.config["history"]]
+        for img in (result.docker, result.kiln)
+    ]
+    assert flags[0] == flags[1], "empty_layer flags of the history differ (buildkit, kiln)"
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+def _bundle() -> bytes:
+    """A tar.gz as ``tar -C dir -czf`` makes them (a ``./`` entry first), with owners and
+    modes of its own, a directory given explicitly and one only implied, and links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+
+        def add(name: str, kind: bytes, mode: int, owner: int, data: bytes = b"", link: str = ""):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = kind, mode, owner, owner + 1
+            info.size, info.linkname = len(data), link
+            tar.addfile(info, io.BytesIO(data) if data else None)
+
+        add("./", tarfile.DIRTYPE, 0o700, 7)
+        add("./pkg/", tarfile.DIRTYPE, 0o750, 9)
+        add("./pkg/one.txt", tarfile.REGTYPE, 0o640, 7, b"one")
+        add("./pkg/sub/two.txt", tarfile.REGTYPE, 0o604, 7, b"two")
+        add("./pkg/link", tarfile.SYMTYPE, 0o777, 7, link="one.txt")
+        add("./pkg/hard", tarfile.LNKTYPE, 0o640, 7, link="./pkg/one.txt")
+    return buf.getvalue()
+
+
+BUNDLE_MEMBERS = ("/pkg", "/pkg/one.txt", "/pkg/sub/two.txt", "/pkg/link", "/pkg/hard")
+
+
+def test_filesystem_features_match_buildkit(
+    kiln: Kiln, docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
+) -> None:
+    ctx = make_context(
+        tmp_path / "ctx",
+        f"""FROM {busybox_image} AS base
+RUN echo "app:x:1234:2345::/home/app:/bin/sh" >> /etc/passwd \\
+ && echo "grp:x:2345:" >> /etc/group && mkdir -p /home/app && chown app:grp /home/app
+
+FROM base AS builder
+ARG VERSION=1.0
+ENV BUILD_DIR=/build
+WORKDIR $BUILD_DIR/out
+RUN echo "version ${{VERSION}}" > version.txt && ln -s version.txt current \\
+ && mkdir -p sub/deeper && echo x > sub/deeper/file && chmod 0751 sub \\
+ && ln -s /nowhere dangling && ln version.txt hardlink && chmod 4755 version.txt
+RUN ["/bin/sh", "-c", "echo exec form > /build/out/exec.txt; mkfifo /build/out/fifo"]
+
+FROM base
+COPY --from=builder /build/out/ /srv/app/
+COPY --from=builder /build/out/current /srv/followed.txt
+COPY --from={busybox_image} /etc/passwd /srv/image-passwd
+COPY --chown=app:grp --chmod=0640 conf/*.conf /etc/app/
+COPY --chown=42:43 bin/ /srv/bin/
+COPY dir /srv/dir
+COPY dir/ /srv/dir-contents/
+COPY files/a.txt files/b.txt /srv/multi/
+COPY files/a.txt /srv/renamed
+COPY files/ /srv/new/nested/
+COPY files/a.txt /opt/owned/pre-existing
+ADD bundle.tar.gz /opt/
+ADD --chown=app bundle.tar.gz /opt/owned/
+ADD --chown=42:43 bundle.tar.gz /opt/fresh/
+COPY bundle.tar.gz /srv/copied/
+COPY . /ctx/
+RUN rm /bin/vi && rm -r /var/tmp && echo changed >> /etc/group && rm /srv/renamed
+WORKDIR /created/by/root
+USER app
+WORKDIR /home/app/work/deep
+RUN id > id.txt && mkdir made-by-app && touch made-by-app/f
+USER 1234:0
+WORKDIR relative
+RUN touch numeric-user
+""",
+        {
+            "conf/a.conf": "a\n",
+            "conf/b.conf": "b\n",
+            "conf/skip.txt": "not a conf\n",
+            "bin/tool": "#!/bin/sh\necho tool\n",
+            "bin/lib/helper": "helper\n",
+            "dir/one": "1\n",
+            "dir/sub/two": "2\n",
+            "files/a.txt": "A\n",
+            "files/b.txt": "B\n",
+            "bundle.tar.gz": _bundle(),
+            ".dockerignore": "**/*.log\nsecret/\n!keep.log\nnode_modules\n!node_modules/keep.js\n",
+            "debug.log": "no\n",
+            "keep.log": "yes\n",
+            "deep/x/trace.log": "no\n",
+            "deep/x/ok.txt": "ok\n",
+            "secret/key": "no\n",
+            "node_modules/m.js": "no\n",
+            "node_modules/keep.js": "yes\n",
+        },
+    )
+    os.chmod(ctx / "bin" / "tool", 0o755)
+    os.chmod(ctx / "dir" / "sub", 0o700)
+    os.chmod(ctx / "files" / "b.txt", 0o600)
+    os.symlink("files/a.txt", ctx / "link-to-a")
+    os.symlink("/etc/passwd", ctx / "absolute-link")
+    result = build_both(kiln, docker_engine, ctx, tmp_path, "files")
+    # BuildKit 0.23 and later apply ADD --chown to the archive's members (see the module doc)
+    chown_archive_members(result.docker.tree, "/opt/owned", BUNDLE_MEMBERS, 1234, 2345)
+    chown_archive_members(result.docker.tree, "/opt/fresh", BUNDLE_MEMBERS, 42, 43)
+    assert_same(result)
+
+
+CONFIG_DOCKERFILE = """FROM {base} AS base
+RUN echo "app:x:1234:2345::/home/app:/bin/sh" >> /etc/passwd && echo "grp:x:2345:" >> /etc/group
+
+FROM base AS entry-only
+ENTRYPOINT ["/bin/echo", "entry"]
+
+FROM base
+ARG VERSION=1.0
+ARG FLAVOR
+ARG PORT=7000
+ARG EMPTY=
+ENV APP=/srv/app \\
+    VERSION_COPY=${{VERSION}} \\
+    FLAVOR_OR=${{FLAVOR:-vanilla}} \\
+    HAS_VERSION=${{VERSION:+yes}} \\
+    EMPTY_OR=${{EMPTY:-default}} \\
+    QUOTED="two words" \\
+    LITERAL=\\$HOME
+ENV PATH=$APP/bin:$PATH
+ENV OLDSTYLE value with spaces
+LABEL org.opencontainers.image.version=$VERSION "com.example.quoted"="a b" multi.one=1
+LABEL com.example.flavor=${{FLAVOR:-none}} com.example.empty=""
+EXPOSE 8080 53/udp 9000-9002/tcp
+EXPOSE $PORT
+VOLUME /data /more
+VOLUME ["/logs", "/cache"]
+USER app
+WORKDIR $APP
+SHELL ["/bin/sh", "-ec"]
+RUN echo "$VERSION_COPY $FLAVOR_OR $PORT" > /tmp/shell-form && id -un >> /tmp/shell-form
+HEALTHCHECK --interval=30s --timeout=5s --start-period=1m --retries=4 CMD ["/bin/true"]
+STOPSIGNAL SIGTERM
+ONBUILD RUN echo child > /child
+ONBUILD COPY . /child-context/
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD echo "$APP"
+"""
+
+
+def test_image_config_matches_buildkit(
+    kiln: Kiln, docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
+) -> None:
+    ctx = make_context(tmp_path / "ctx", CONFIG_DOCKERFILE.format(base=busybox_image))
+    result = build_both(kiln, docker_engine, ctx, tmp_path, "config", "--build-arg", "FLAVOR=mint")
+    for img in (result.docker, result.kiln):
+        for h in img.config["history"]:
+            print(repr(h.get("created_by")), h.get("empty_layer"))
+        print(json.dumps(img.config["config"], indent=1))
+    assert_same(result)
+    assert result.kiln.tree["/tmp/shell-form"] == result.docker.tree["/tmp/shell-form"]
+    entry = build_both(kiln, docker_engine, ctx, tmp_path, "entry", "--target", "entry-only")
+    assert_same(entry)
