@@ -62,11 +62,16 @@ def _step(st: StageState, ins: Instruction, op: Op, created_by: str) -> None:
 
 
 def _arg(p: Planner, st: StageState, ins: Instruction) -> None:
+    committed = []
     for item in ins.value:
         name, eq, default = item.partition("=")
         if not name:
             raise p.error("ARG needs a name", ins.line)
         p.arg_declared(name, default if eq else None, st, ins.line)
+        value = st.args[name]
+        committed.append(name if value is None else f"{name}={value}")
+    # as BuildKit: one history entry per ARG instruction, with the values in effect
+    _history(st, "ARG " + " ".join(committed))
 
 
 def _env(p: Planner, st: StageState, ins: Instruction) -> None:
@@ -109,13 +114,54 @@ def _expose(p: Planner, st: StageState, ins: Instruction) -> None:
     ports = []
     for raw in ins.value:
         for word in p.expand_words(raw, env, ins.line):
-            port, _, proto = word.partition("/")
-            proto = (proto or "tcp").lower()
-            if not re.fullmatch(r"\d+(-\d+)?", port) or proto not in ("tcp", "udp", "sctp"):
-                raise p.error(f"invalid port {word!r} for EXPOSE", ins.line)
-            st.config.exposed_ports[f"{port}/{proto}"] = {}
-            ports.append(f"{port}/{proto}")
-    _history(st, "EXPOSE map[" + " ".join(f"{x}:{{}}" for x in ports) + "]")
+            ports += _exposed_ports(p, word, ins.line)
+    for port in ports:
+        st.config.exposed_ports[port] = {}
+    _history(st, f"EXPOSE {_go_list(ports)}")
+
+
+def _exposed_ports(p: Planner, word: str, line: int) -> list[str]:
+    """``PORT[-END][/PROTO]`` → one ``port/proto`` per port, as BuildKit expands ranges."""
+    spec, _, proto = word.partition("/")
+    proto = (proto or "tcp").lower()
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", spec)
+    if m is None or proto not in ("tcp", "udp", "sctp"):
+        raise p.error(f"invalid port {word!r} for EXPOSE", line)
+    start = int(m.group(1))
+    end = int(m.group(2)) if m.group(2) is not None else start
+    if end > 65535 or end < start:
+        raise p.error(f"invalid port range {word!r} for EXPOSE", line)
+    return [f"{port}/{proto}" for port in range(start, end + 1)]
+
+
+def _go_list(items: list[str]) -> str:
+    """A string list as Go's ``%v`` prints it (BuildKit's history text)."""
+    return "[" + " ".join(items) + "]"
+
+
+def _go_quoted_list(items: list[str]) -> str:
+    """A string list as Go's ``%q`` prints it: ``["a" "b"]``."""
+    return "[" + " ".join(_go_quote(item) for item in items) + "]"
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\", '"': '\\"'}  # fmt: skip
+
+
+def _go_quote(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
 
 
 def _volume(p: Planner, st: StageState, ins: Instruction) -> None:
@@ -125,7 +171,7 @@ def _volume(p: Planner, st: StageState, ins: Instruction) -> None:
         raise p.error("VOLUME needs a non-empty path", ins.line)
     for v in paths:
         st.config.volumes[v] = {}
-    _history(st, "VOLUME " + json.dumps(paths))
+    _history(st, f"VOLUME {_go_list(paths)}")
 
 
 def _command_list(p: Planner, st: StageState, ins: Instruction) -> list[str]:
@@ -137,14 +183,14 @@ def _command_list(p: Planner, st: StageState, ins: Instruction) -> list[str]:
 def _cmd(p: Planner, st: StageState, ins: Instruction) -> None:
     st.config.cmd = _command_list(p, st, ins)
     st.cmd_set = True
-    _history(st, "CMD " + json.dumps(st.config.cmd))
+    _history(st, f"CMD {_go_quoted_list(st.config.cmd)}")
 
 
 def _entrypoint(p: Planner, st: StageState, ins: Instruction) -> None:
     st.config.entrypoint = _command_list(p, st, ins)
     if not st.cmd_set:
         st.config.cmd = None
-    _history(st, "ENTRYPOINT " + json.dumps(st.config.entrypoint))
+    _history(st, f"ENTRYPOINT {_go_quoted_list(st.config.entrypoint)}")
 
 
 def _shell(p: Planner, st: StageState, ins: Instruction) -> None:
@@ -153,7 +199,7 @@ def _shell(p: Planner, st: StageState, ins: Instruction) -> None:
             "SHELL requires the JSON form", ins.line, hint='write SHELL ["/bin/bash", "-c"]'
         )
     st.config.shell = list(ins.value)
-    _history(st, "SHELL " + json.dumps(st.config.shell))
+    _history(st, f"SHELL {_go_list(st.config.shell)}")
 
 
 def _duration(p: Planner, text: str, line: int) -> int:
@@ -203,8 +249,7 @@ def _onbuild(p: Planner, st: StageState, ins: Instruction) -> None:
     if ins.sub_cmd in (None, "ONBUILD", "FROM", "MAINTAINER"):
         raise p.error(f"{ins.sub_cmd or 'an empty'} trigger is not allowed in ONBUILD", ins.line)
     trigger = ins.original.split(None, 1)[1] if " " in ins.original.strip() else ""
-    st.config.onbuild.append(trigger)
-    _history(st, f"ONBUILD {trigger}")
+    st.config.onbuild.append(trigger)  # no history entry: BuildKit records none
 
 
 # ---------------------------------------------------------------------------- filesystem

@@ -1,0 +1,316 @@
+"""--cache-from / --cache-to against the real Distribution registry and local directories.
+
+A "fresh machine" is an empty KILN_ROOT: everything it reuses comes from the remote cache.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.fixtures.build import make_context
+from tests.fixtures.registry import RegistryServer
+
+pytestmark = pytest.mark.integration
+
+MULTI = """\
+ARG BASE
+FROM ${{BASE}} AS deps
+COPY deps.txt /deps.txt
+RUN sleep 0.2 && sort /deps.txt > /deps.sorted
+
+FROM ${{BASE}} AS build
+COPY src/ /src/
+RUN cat /src/* > /built
+
+FROM ${{BASE}}
+COPY --from=deps /deps.sorted /app/deps
+COPY --from=build /built /app/built
+RUN wc -l /app/deps > /app/count
+COPY {last} /app/last.txt
+"""
+
+
+def multi_stage(tmp_path: Path, name: str = "ctx", last: str = "last.txt") -> Path:
+    return make_context(
+        tmp_path / name,
+        MULTI.format(last=last),
+        {"deps.txt": "b\na\n", "src/one.c": "one\n", "src/two.c": "two\n", last: "v1\n"},
+    )
+
+
+def registry_blob_files(registry: RegistryServer) -> list[Path]:
+    return list((registry.storage / "docker/registry/v2/blobs/sha256").glob("*/*/data"))
+
+
+def test_registry_cache_max_full_and_partial_hits(
+    kiln, busybox_image, registry: RegistryServer, tmp_path: Path
+):
+    ctx = multi_stage(tmp_path)
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    cache = f"{registry.host}/cache/app:buildcache"
+    image = f"{registry.host}/cache/app:latest"
+    flags = [*base, "--push", "-t", image, "--cache-from", cache,
+             "--cache-to", f"type=registry,ref={cache},mode=max"]  # fmt: skip
+
+    cold = kiln("build", *flags, ctx, root=tmp_path / "m1").check()
+    assert "not found" in cold.stderr  # the first run has no cache: a warning, not a failure
+    assert len(cold.ran) == 8
+
+    full = kiln("build", *flags, ctx, root=tmp_path / "m2").check()
+    assert full.ran == []
+    assert {s["cached"] for s in full.metadata["steps"]} == {"remote"}
+    assert full.metadata["layer_bytes_pulled"] == 0
+    assert full.metadata["containerimage.digest"] == cold.metadata["containerimage.digest"]
+    assert full.metadata["bytes"]["cache"]["pulled"] > 0  # the cache manifest and config
+
+    (ctx / "last.txt").write_text("v2\n")
+    partial = kiln("build", *flags, ctx, root=tmp_path / "m3").check()
+    assert partial.ran == ["stage-2 5/5 COPY last.txt /app/last.txt"]
+    # only the layers the missing step stands on were downloaded: base + 3 final-stage layers
+    pulled = partial.metadata["layer_bytes_pulled"]
+    assert pulled > 0
+    out = tmp_path / "out"
+    kiln("build", *base, "--cache-from", cache, "-o", f"type=local,dest={out}", ctx,
+         root=tmp_path / "m4").check()  # fmt: skip
+    assert (out / "app" / "built").read_text() == "one\ntwo\n"
+    assert (out / "app" / "last.txt").read_text() == "v2\n"
+
+
+def test_cache_manifest_is_buildkit_shaped(kiln, busybox_image, registry, tmp_path: Path):
+    ctx = multi_stage(tmp_path)
+    for image_manifest in ("true", "false"):
+        cache = f"{registry.host}/cache/shape:{image_manifest}"
+        kiln("build", "--build-arg", f"BASE={busybox_image}",
+             "--cache-to", f"type=registry,ref={cache},mode=max,image-manifest={image_manifest}",
+             ctx, root=tmp_path / f"r-{image_manifest}").check()  # fmt: skip
+        raw = json.loads(
+            subprocess.run(
+                ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{cache}"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+        )  # fmt: skip
+        if image_manifest == "true":
+            assert raw["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+            assert raw["config"]["mediaType"] == "application/vnd.buildkit.cacheconfig.v0"
+            layers = raw["layers"]
+        else:
+            assert raw["mediaType"] == "application/vnd.oci.image.index.v1+json"
+            assert raw["manifests"][-1]["mediaType"] == "application/vnd.buildkit.cacheconfig.v0"
+            layers = raw["manifests"][:-1]
+        assert layers and all(
+            layer["annotations"]["containerd.io/uncompressed"].startswith("sha256:")
+            and "buildkit/createdat" in layer["annotations"]
+            for layer in layers
+        )
+        # and kiln reads both forms back
+        again = kiln("build", "--build-arg", f"BASE={busybox_image}", "--cache-from", cache,
+                     ctx, root=tmp_path / f"fresh-{image_manifest}").check()  # fmt: skip
+        assert again.ran == []
+
+
+def test_inline_cache_min_skips_other_stages(kiln, busybox_image, registry, tmp_path: Path):
+    ctx = multi_stage(tmp_path)
+    image = f"{registry.host}/cache/inline:latest"
+    flags = ["--build-arg", f"BASE={busybox_image}", "--push", "-t", image]
+    kiln("build", *flags, "--cache-to", "type=inline", ctx, root=tmp_path / "a").check()
+    config = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--config", "--raw", f"docker://{image}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert "moby.buildkit.cache.v0" in config
+    # a fresh machine: the final stage hits from the image alone, although the other
+    # stages' layers were never exported; no layer is downloaded
+    run = kiln("build", *flags, "--cache-from", f"type=registry,ref={image}",
+               "--cache-to", "type=inline", ctx, root=tmp_path / "b").check()  # fmt: skip
+    assert run.ran == []
+    assert [s["step"].split()[0] for s in run.metadata["steps"]] == ["stage-2"] * 4
+    assert run.metadata["layer_bytes_pulled"] == 0
+
+
+def test_inline_mode_max_and_bad_specs_fail_before_the_build(kiln, tmp_path: Path):
+    ctx = make_context(tmp_path / "ctx", "FROM scratch\nCOPY a /a\n", {"a": "a"})
+    cases = [
+        ("--cache-to", "type=inline,mode=max", "use --cache-to type=registry"),
+        ("--cache-to", "type=s3,bucket=x", "unknown cache type 's3'"),
+        ("--cache-to", "type=registry,ref=x/y,colour=red", "unknown attribute 'colour'"),
+        ("--cache-to", "type=registry,ref=x/y,mode=middle", "mode must be min or max"),
+        ("--cache-to", "type=registry", "ref is required"),
+        ("--cache-from", "type=local", "src is required"),
+        ("--cache-to", "type=local,dest=x,max-size=lots", "max-size must be a size"),
+        ("--cache-to", "type=registry,ref=x/y,image-manifest=true,oci-mediatypes=false",
+         "requires oci-mediatypes=true"),
+    ]  # fmt: skip
+    root = tmp_path / "root"
+    for flag, spec, needle in cases:
+        run = kiln("build", flag, spec, ctx, root=root)
+        assert run.returncode == 2, (spec, run.stderr)
+        assert needle in run.stderr and "Traceback" not in run.stderr
+    assert not (root / "cache").exists()  # rejected before anything ran
+
+
+def _blob_names(cache_dir: Path) -> set[str]:
+    return {p.name for p in (cache_dir / "blobs" / "sha256").iterdir()}
+
+
+def _referenced(cache_dir: Path) -> set[str]:
+    index = json.loads((cache_dir / "index.json").read_text())
+    names: set[str] = set()
+    for entry in index["manifests"]:
+        hex_ = entry["digest"].split(":")[1]
+        names.add(hex_)
+        manifest = json.loads((cache_dir / "blobs" / "sha256" / hex_).read_text())
+        names.add(manifest["config"]["digest"].split(":")[1])
+        names.update(layer["digest"].split(":")[1] for layer in manifest["layers"])
+    return names
+
+
+def test_local_cache_src_dest_does_not_grow(kiln, busybox_image, tmp_path: Path):
+    """The seed page's local-cache workflow, minus its "Move cache" step."""
+    ctx = multi_stage(tmp_path)
+    cache = tmp_path / "buildx-cache"
+    flags = ["--build-arg", f"BASE={busybox_image}",
+             "--cache-from", f"type=local,src={cache}",
+             "--cache-to", f"type=local,dest={cache},mode=max"]  # fmt: skip
+    first = kiln("build", *flags, ctx, root=tmp_path / "run0").check()
+    assert "no cache at" in first.stderr
+    sizes = []
+    for n in range(1, 4):
+        (ctx / "src" / "one.c").write_text(f"one v{n}\n")
+        (ctx / "last.txt").write_text(f"last v{n}\n")
+        run = kiln("build", *flags, ctx, root=tmp_path / f"run{n}").check()
+        # the unchanged deps stage still hits from the cache on every fresh machine
+        assert not any(step.startswith("deps") for step in run.ran)
+        assert _blob_names(cache) == _referenced(cache)
+        sizes.append(sum(p.stat().st_size for p in (cache / "blobs" / "sha256").iterdir()))
+    assert max(sizes) - min(sizes) < 4096, sizes  # replaced, not accumulated
+
+
+def test_local_cache_max_size_keeps_newest(kiln, busybox_image, tmp_path: Path):
+    ctx = make_context(
+        tmp_path / "ctx",
+        "ARG BASE\nFROM ${BASE}\n"
+        "RUN head -c 300000 /dev/urandom > /old\n"
+        "RUN head -c 300000 /dev/urandom > /mid\n"
+        "RUN head -c 300000 /dev/urandom > /new\n",
+    )
+    cache = tmp_path / "cache"
+    run = kiln("build", "--build-arg", f"BASE={busybox_image}",
+               "--cache-to", f"type=local,dest={cache},mode=max,max-size=700KB",
+               ctx, root=tmp_path / "a").check()  # fmt: skip
+    assert "left out the 1 oldest" in run.stderr
+    total = sum(p.stat().st_size for p in (cache / "blobs" / "sha256").iterdir())
+    assert total <= 700 * 1024
+    fresh = kiln("build", "--build-arg", f"BASE={busybox_image}",
+                 "--cache-from", f"type=local,src={cache}", ctx, root=tmp_path / "b").check()  # fmt: skip
+    # the oldest result was dropped: that step (and the ones after it, whose parent is
+    # new on this machine) hit only where their own results survived
+    assert fresh.ran[0] == "build 2/4 RUN head -c 300000 /dev/urandom > /old"
+
+
+def test_two_cache_sources_merge(kiln, busybox_image, registry, tmp_path: Path):
+    ctx = multi_stage(tmp_path)
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    main_cache = f"{registry.host}/cache/merge:main"
+    branch_cache = f"{registry.host}/cache/merge:branch"
+    kiln("build", *base, "--cache-to", f"type=registry,ref={main_cache},mode=max", ctx,
+         root=tmp_path / "main").check()  # fmt: skip
+    # the branch changes the build stage only; its cache holds its own results
+    (ctx / "src" / "two.c").write_text("two on the branch\n")
+    kiln("build", *base, "--cache-from", main_cache,
+         "--cache-to", f"type=registry,ref={branch_cache},mode=max", ctx,
+         root=tmp_path / "branch").check()  # fmt: skip
+    # the branch's next run changes the last file: deps and build hit (from either source)
+    (ctx / "last.txt").write_text("v3\n")
+    run = kiln("build", *base, "--cache-from", branch_cache, "--cache-from", main_cache,
+               "--cache-from", f"{registry.host}/cache/merge:missing", ctx,
+               root=tmp_path / "next").check()  # fmt: skip
+    assert run.ran == ["stage-2 5/5 COPY last.txt /app/last.txt"]
+    assert "merge:missing" in run.stderr
+
+
+def test_corrupted_blob_in_the_cache_is_never_used(kiln, busybox_image, tmp_path: Path):
+    ctx = make_context(
+        tmp_path / "ctx",
+        "ARG BASE\nFROM ${BASE}\nRUN echo precious > /data\nRUN cat /data > /copy\n",
+    )
+    cache = tmp_path / "cache"
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    kiln("build", *base, "--cache-to", f"type=local,dest={cache},mode=max", ctx,
+         root=tmp_path / "a").check()  # fmt: skip
+    # corrupt the first RUN's layer inside the cache directory (same size, other bytes)
+    manifest_hex = json.loads((cache / "index.json").read_text())["manifests"][0]["digest"][7:]
+    manifest = json.loads((cache / "blobs" / "sha256" / manifest_hex).read_text())
+    target = cache / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    run = kiln("build", *base, "--cache-from", f"type=local,src={cache}",
+               "-o", f"type=local,dest={out}", ctx, root=tmp_path / "b").check()  # fmt: skip
+    assert "corrupt" in run.stderr
+    assert "build 2/3 RUN echo precious > /data" in run.ran
+    assert (out / "copy").read_text() == "precious\n"
+
+
+def test_registry_cache_with_auth(kiln, busybox_image, auth_registry, tmp_path: Path):
+    ctx = multi_stage(tmp_path)
+    config = tmp_path / "docker"
+    config.mkdir()
+    import base64
+
+    token = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode())
+    (config / "config.json").write_text(
+        json.dumps({"auths": {auth_registry.host: {"auth": token.decode()}}})
+    )
+    env = {"DOCKER_CONFIG": str(config)}
+    cache = f"{auth_registry.host}/private/cache:main"
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    kiln("build", *base, "--cache-to", f"type=registry,ref={cache},mode=max", ctx,
+         root=tmp_path / "a", env=env).check()  # fmt: skip
+    run = kiln("build", *base, "--cache-from", cache, ctx, root=tmp_path / "b", env=env).check()
+    assert run.ran == []
+    # without credentials the cache is unreadable: a warning, and the build still works
+    anon = kiln("build", *base, "--cache-from", cache, ctx, root=tmp_path / "c",
+                env={"DOCKER_CONFIG": str(tmp_path / "nobody")})  # fmt: skip
+    anon.check()
+    assert "cannot import cache" in anon.stderr
+    assert len(anon.ran) == 8
+
+
+def test_corrupted_blob_in_a_registry_cache_is_never_used(
+    kiln, busybox_image, registry_factory, tmp_path: Path
+):
+    registry = registry_factory()
+    ctx = make_context(
+        tmp_path / "ctx",
+        "ARG BASE\nFROM ${BASE}\nRUN echo precious > /data\nCOPY last.txt /last\n",
+        {"last.txt": "v1\n"},
+    )
+    cache = f"{registry.host}/c/app:cache"
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    kiln("build", *base, "--cache-to", f"type=registry,ref={cache},mode=max", ctx,
+         root=tmp_path / "a").check()  # fmt: skip
+    raw = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{cache}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    run_layer = raw["layers"][0]["digest"][7:]
+    (data,) = [p for p in registry_blob_files(registry) if p.parent.name == run_layer]
+    corrupted = bytearray(data.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    data.write_bytes(bytes(corrupted))
+    # the COPY misses, so the corrupted RUN layer must be fetched: it fails verification
+    (ctx / "last.txt").write_text("v2\n")
+    out = tmp_path / "out"
+    run = kiln("build", *base, "--cache-from", cache, "-o", f"type=local,dest={out}", ctx,
+               root=tmp_path / "b").check()  # fmt: skip
+    assert "corrupt" in run.stderr
+    assert "build 2/3 RUN echo precious > /data" in run.ran
+    assert (out / "data").read_text() == "precious\n"
