@@ -232,8 +232,9 @@ RUN --mount=type=secret,id=token cat /run/secrets/token > /dev/null && echo ok >
     assert (out / "secret-ok").read_text() == "ok\n"
     assert not (out / "run" / "secrets").exists()
     # the cache mount's content survives to the next run of the step
-    out2 = rootfs(kiln, ctx, tmp_path / "out2", "--no-cache", "--secret",
-                  f"id=token,src={secret}", root=root)  # fmt: skip
+    out2 = rootfs(
+        kiln, ctx, tmp_path / "out2", "--no-cache", "--secret", f"id=token,src={secret}", root=root
+    )
     assert (out2 / "cache-seen").read_text() == "run\nrun\n"
     # a layer never contains a secret
     for blob in (root / "blobs" / "sha256").iterdir():

@@ -52,8 +52,16 @@ def test_registry_cache_max_full_and_partial_hits(
     base = ["--build-arg", f"BASE={busybox_image}"]
     cache = f"{registry.host}/cache/app:buildcache"
     image = f"{registry.host}/cache/app:latest"
-    flags = [*base, "--push", "-t", image, "--cache-from", cache,
-             "--cache-to", f"type=registry,ref={cache},mode=max"]  # fmt: skip
+    flags = [
+        *base,
+        "--push",
+        "-t",
+        image,
+        "--cache-from",
+        cache,
+        "--cache-to",
+        f"type=registry,ref={cache},mode=max",
+    ]
 
     cold = kiln("build", *flags, ctx, root=tmp_path / "m1").check()
     assert "not found" in cold.stderr  # the first run has no cache: a warning, not a failure
@@ -73,8 +81,16 @@ def test_registry_cache_max_full_and_partial_hits(
     pulled = partial.metadata["layer_bytes_pulled"]
     assert pulled > 0
     out = tmp_path / "out"
-    kiln("build", *base, "--cache-from", cache, "-o", f"type=local,dest={out}", ctx,
-         root=tmp_path / "m4").check()  # fmt: skip
+    kiln(
+        "build",
+        *base,
+        "--cache-from",
+        cache,
+        "-o",
+        f"type=local,dest={out}",
+        ctx,
+        root=tmp_path / "m4",
+    ).check()
     assert (out / "app" / "built").read_text() == "one\ntwo\n"
     assert (out / "app" / "last.txt").read_text() == "v2\n"
 
@@ -83,15 +99,23 @@ def test_cache_manifest_is_buildkit_shaped(kiln, busybox_image, registry, tmp_pa
     ctx = multi_stage(tmp_path)
     for image_manifest in ("true", "false"):
         cache = f"{registry.host}/cache/shape:{image_manifest}"
-        kiln("build", "--build-arg", f"BASE={busybox_image}",
-             "--cache-to", f"type=registry,ref={cache},mode=max,image-manifest={image_manifest}",
-             ctx, root=tmp_path / f"r-{image_manifest}").check()  # fmt: skip
+        kiln(
+            "build",
+            "--build-arg",
+            f"BASE={busybox_image}",
+            "--cache-to",
+            f"type=registry,ref={cache},mode=max,image-manifest={image_manifest}",
+            ctx,
+            root=tmp_path / f"r-{image_manifest}",
+        ).check()
         raw = json.loads(
             subprocess.run(
                 ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{cache}"],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
-        )  # fmt: skip
+        )
         if image_manifest == "true":
             assert raw["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
             assert raw["config"]["mediaType"] == "application/vnd.buildkit.cacheconfig.v0"
@@ -106,8 +130,15 @@ def test_cache_manifest_is_buildkit_shaped(kiln, busybox_image, registry, tmp_pa
             for layer in layers
         )
         # and kiln reads both forms back
-        again = kiln("build", "--build-arg", f"BASE={busybox_image}", "--cache-from", cache,
-                     ctx, root=tmp_path / f"fresh-{image_manifest}").check()  # fmt: skip
+        again = kiln(
+            "build",
+            "--build-arg",
+            f"BASE={busybox_image}",
+            "--cache-from",
+            cache,
+            ctx,
+            root=tmp_path / f"fresh-{image_manifest}",
+        ).check()
         assert again.ran == []
 
 
@@ -119,14 +150,24 @@ def test_inline_cache_min_skips_other_stages(kiln, busybox_image, registry, tmp_
     config = json.loads(
         subprocess.run(
             ["skopeo", "inspect", "--tls-verify=false", "--config", "--raw", f"docker://{image}"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-    )  # fmt: skip
+    )
     assert "moby.buildkit.cache.v0" in config
     # a fresh machine: the final stage hits from the image alone, although the other
     # stages' layers were never exported; no layer is downloaded
-    run = kiln("build", *flags, "--cache-from", f"type=registry,ref={image}",
-               "--cache-to", "type=inline", ctx, root=tmp_path / "b").check()  # fmt: skip
+    run = kiln(
+        "build",
+        *flags,
+        "--cache-from",
+        f"type=registry,ref={image}",
+        "--cache-to",
+        "type=inline",
+        ctx,
+        root=tmp_path / "b",
+    ).check()
     assert run.ran == []
     assert [s["step"].split()[0] for s in run.metadata["steps"]] == ["stage-2"] * 4
     assert run.metadata["layer_bytes_pulled"] == 0
@@ -142,9 +183,12 @@ def test_inline_mode_max_and_bad_specs_fail_before_the_build(kiln, tmp_path: Pat
         ("--cache-to", "type=registry", "ref is required"),
         ("--cache-from", "type=local", "src is required"),
         ("--cache-to", "type=local,dest=x,max-size=lots", "max-size must be a size"),
-        ("--cache-to", "type=registry,ref=x/y,image-manifest=true,oci-mediatypes=false",
-         "requires oci-mediatypes=true"),
-    ]  # fmt: skip
+        (
+            "--cache-to",
+            "type=registry,ref=x/y,image-manifest=true,oci-mediatypes=false",
+            "requires oci-mediatypes=true",
+        ),
+    ]
     root = tmp_path / "root"
     for flag, spec, needle in cases:
         run = kiln("build", flag, spec, ctx, root=root)
@@ -173,9 +217,14 @@ def test_local_cache_src_dest_does_not_grow(kiln, busybox_image, tmp_path: Path)
     """The seed page's local-cache workflow, minus its "Move cache" step."""
     ctx = multi_stage(tmp_path)
     cache = tmp_path / "buildx-cache"
-    flags = ["--build-arg", f"BASE={busybox_image}",
-             "--cache-from", f"type=local,src={cache}",
-             "--cache-to", f"type=local,dest={cache},mode=max"]  # fmt: skip
+    flags = [
+        "--build-arg",
+        f"BASE={busybox_image}",
+        "--cache-from",
+        f"type=local,src={cache}",
+        "--cache-to",
+        f"type=local,dest={cache},mode=max",
+    ]
     first = kiln("build", *flags, ctx, root=tmp_path / "run0").check()
     assert "no cache at" in first.stderr
     sizes = []
@@ -199,14 +248,27 @@ def test_local_cache_max_size_keeps_newest(kiln, busybox_image, tmp_path: Path):
         "RUN head -c 300000 /dev/urandom > /new\n",
     )
     cache = tmp_path / "cache"
-    run = kiln("build", "--build-arg", f"BASE={busybox_image}",
-               "--cache-to", f"type=local,dest={cache},mode=max,max-size=700KB",
-               ctx, root=tmp_path / "a").check()  # fmt: skip
+    run = kiln(
+        "build",
+        "--build-arg",
+        f"BASE={busybox_image}",
+        "--cache-to",
+        f"type=local,dest={cache},mode=max,max-size=700KB",
+        ctx,
+        root=tmp_path / "a",
+    ).check()
     assert "left out the 1 oldest" in run.stderr
     total = sum(p.stat().st_size for p in (cache / "blobs" / "sha256").iterdir())
     assert total <= 700 * 1024
-    fresh = kiln("build", "--build-arg", f"BASE={busybox_image}",
-                 "--cache-from", f"type=local,src={cache}", ctx, root=tmp_path / "b").check()  # fmt: skip
+    fresh = kiln(
+        "build",
+        "--build-arg",
+        f"BASE={busybox_image}",
+        "--cache-from",
+        f"type=local,src={cache}",
+        ctx,
+        root=tmp_path / "b",
+    ).check()
     # the oldest result was dropped: that step (and the ones after it, whose parent is
     # new on this machine) hit only where their own results survived
     assert fresh.ran[0] == "build 2/4 RUN head -c 300000 /dev/urandom > /old"
@@ -217,18 +279,40 @@ def test_two_cache_sources_merge(kiln, busybox_image, registry, tmp_path: Path):
     base = ["--build-arg", f"BASE={busybox_image}"]
     main_cache = f"{registry.host}/cache/merge:main"
     branch_cache = f"{registry.host}/cache/merge:branch"
-    kiln("build", *base, "--cache-to", f"type=registry,ref={main_cache},mode=max", ctx,
-         root=tmp_path / "main").check()  # fmt: skip
+    kiln(
+        "build",
+        *base,
+        "--cache-to",
+        f"type=registry,ref={main_cache},mode=max",
+        ctx,
+        root=tmp_path / "main",
+    ).check()
     # the branch changes the build stage only; its cache holds its own results
     (ctx / "src" / "two.c").write_text("two on the branch\n")
-    kiln("build", *base, "--cache-from", main_cache,
-         "--cache-to", f"type=registry,ref={branch_cache},mode=max", ctx,
-         root=tmp_path / "branch").check()  # fmt: skip
+    kiln(
+        "build",
+        *base,
+        "--cache-from",
+        main_cache,
+        "--cache-to",
+        f"type=registry,ref={branch_cache},mode=max",
+        ctx,
+        root=tmp_path / "branch",
+    ).check()
     # the branch's next run changes the last file: deps and build hit (from either source)
     (ctx / "last.txt").write_text("v3\n")
-    run = kiln("build", *base, "--cache-from", branch_cache, "--cache-from", main_cache,
-               "--cache-from", f"{registry.host}/cache/merge:missing", ctx,
-               root=tmp_path / "next").check()  # fmt: skip
+    run = kiln(
+        "build",
+        *base,
+        "--cache-from",
+        branch_cache,
+        "--cache-from",
+        main_cache,
+        "--cache-from",
+        f"{registry.host}/cache/merge:missing",
+        ctx,
+        root=tmp_path / "next",
+    ).check()
     assert run.ran == ["stage-2 5/5 COPY last.txt /app/last.txt"]
     assert "merge:missing" in run.stderr
 
@@ -240,8 +324,9 @@ def test_corrupted_blob_in_the_cache_is_never_used(kiln, busybox_image, tmp_path
     )
     cache = tmp_path / "cache"
     base = ["--build-arg", f"BASE={busybox_image}"]
-    kiln("build", *base, "--cache-to", f"type=local,dest={cache},mode=max", ctx,
-         root=tmp_path / "a").check()  # fmt: skip
+    kiln(
+        "build", *base, "--cache-to", f"type=local,dest={cache},mode=max", ctx, root=tmp_path / "a"
+    ).check()
     # corrupt the first RUN's layer inside the cache directory (same size, other bytes)
     manifest_hex = json.loads((cache / "index.json").read_text())["manifests"][0]["digest"][7:]
     manifest = json.loads((cache / "blobs" / "sha256" / manifest_hex).read_text())
@@ -250,8 +335,16 @@ def test_corrupted_blob_in_the_cache_is_never_used(kiln, busybox_image, tmp_path
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     out = tmp_path / "out"
-    run = kiln("build", *base, "--cache-from", f"type=local,src={cache}",
-               "-o", f"type=local,dest={out}", ctx, root=tmp_path / "b").check()  # fmt: skip
+    run = kiln(
+        "build",
+        *base,
+        "--cache-from",
+        f"type=local,src={cache}",
+        "-o",
+        f"type=local,dest={out}",
+        ctx,
+        root=tmp_path / "b",
+    ).check()
     assert "corrupt" in run.stderr
     assert "build 2/3 RUN echo precious > /data" in run.ran
     assert (out / "copy").read_text() == "precious\n"
@@ -270,13 +363,27 @@ def test_registry_cache_with_auth(kiln, busybox_image, auth_registry, tmp_path: 
     env = {"DOCKER_CONFIG": str(config)}
     cache = f"{auth_registry.host}/private/cache:main"
     base = ["--build-arg", f"BASE={busybox_image}"]
-    kiln("build", *base, "--cache-to", f"type=registry,ref={cache},mode=max", ctx,
-         root=tmp_path / "a", env=env).check()  # fmt: skip
+    kiln(
+        "build",
+        *base,
+        "--cache-to",
+        f"type=registry,ref={cache},mode=max",
+        ctx,
+        root=tmp_path / "a",
+        env=env,
+    ).check()
     run = kiln("build", *base, "--cache-from", cache, ctx, root=tmp_path / "b", env=env).check()
     assert run.ran == []
     # without credentials the cache is unreadable: a warning, and the build still works
-    anon = kiln("build", *base, "--cache-from", cache, ctx, root=tmp_path / "c",
-                env={"DOCKER_CONFIG": str(tmp_path / "nobody")})  # fmt: skip
+    anon = kiln(
+        "build",
+        *base,
+        "--cache-from",
+        cache,
+        ctx,
+        root=tmp_path / "c",
+        env={"DOCKER_CONFIG": str(tmp_path / "nobody")},
+    )
     anon.check()
     assert "cannot import cache" in anon.stderr
     assert len(anon.ran) == 8
@@ -293,14 +400,22 @@ def test_corrupted_blob_in_a_registry_cache_is_never_used(
     )
     cache = f"{registry.host}/c/app:cache"
     base = ["--build-arg", f"BASE={busybox_image}"]
-    kiln("build", *base, "--cache-to", f"type=registry,ref={cache},mode=max", ctx,
-         root=tmp_path / "a").check()  # fmt: skip
+    kiln(
+        "build",
+        *base,
+        "--cache-to",
+        f"type=registry,ref={cache},mode=max",
+        ctx,
+        root=tmp_path / "a",
+    ).check()
     raw = json.loads(
         subprocess.run(
             ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{cache}"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-    )  # fmt: skip
+    )
     run_layer = raw["layers"][0]["digest"][7:]
     (data,) = [p for p in registry_blob_files(registry) if p.parent.name == run_layer]
     corrupted = bytearray(data.read_bytes())
@@ -309,8 +424,16 @@ def test_corrupted_blob_in_a_registry_cache_is_never_used(
     # the COPY misses, so the corrupted RUN layer must be fetched: it fails verification
     (ctx / "last.txt").write_text("v2\n")
     out = tmp_path / "out"
-    run = kiln("build", *base, "--cache-from", cache, "-o", f"type=local,dest={out}", ctx,
-               root=tmp_path / "b").check()  # fmt: skip
+    run = kiln(
+        "build",
+        *base,
+        "--cache-from",
+        cache,
+        "-o",
+        f"type=local,dest={out}",
+        ctx,
+        root=tmp_path / "b",
+    ).check()
     assert "corrupt" in run.stderr
     assert "build 2/3 RUN echo precious > /data" in run.ran
     assert (out / "data").read_text() == "precious\n"
