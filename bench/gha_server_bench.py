@@ -109,7 +109,8 @@ def start_server(root: Path) -> Server:
     secret.write_bytes(SECRET)
     port = free_port()
     log = root.parent / f"server-{port}.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [
@@ -276,7 +277,11 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"page cache dropped before each phase: {'yes' if dropped else 'no'}")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import httptools"], capture_output=True, env=dict(os.environ)
+    )
+    http = "httptools" if probe.returncode == 0 else "h11 (pure Python)"
+    print(f"server HTTP parser: {http}; page cache dropped before each phase: {dropped}")
     header = (
         f"{'size':>9} {'mode':4} {'cp MB/s':>8} {'save MB/s':>9} {'restore MB/s':>12} "
         f"{'upload MB/s':>11} {'download MB/s':>13} {'save/cp':>7} {'restore/cp':>10} "

@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         upload_timeout=parse_duration(args.upload_timeout, name="--upload-timeout"),
         eviction_interval=parse_duration(args.eviction_interval, name="--eviction-interval"),
         public_url=args.public_url,
+        anonymous_scope=args.anonymous_scope,
     )
     serve.configure_logging(args.log_level)
     return serve.run(serve.Listen.parse(args.listen), root, settings, args.database)
@@ -217,6 +218,11 @@ def register(sub: Any) -> None:
     serve.add_argument("--public-url", help="base URL clients reach the server at")
     serve.add_argument(
         "--database", help="postgresql://… to share metadata between instances (default: SQLite)"
+    )
+    serve.add_argument(
+        "--anonymous-scope",
+        metavar="SCOPE",
+        help="trusted networks only: requests without a valid token read and write SCOPE",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(handler=_serve)

@@ -68,8 +68,11 @@ def copy_sources(
     created_owner = options.owner or Identity(0, 0)
     for match in matches:
         if match.is_dir:
+            # the directory's contents go into dest; dest itself is made like any missing
+            # parent (0755, the --chown owner) and an existing one is left as it is: the
+            # source directory's own mode and owner, and --chmod, never reach it (BuildKit)
             target = mkdir_p(rootfs, dest, created_owner)
-            _copy_entries(source.walk(match), target, options, skip_root=False)
+            _copy_entries(source.walk(match), target, options, skip_root=True)
             continue
         parent_dir, name = _file_destination(rootfs, dest, match, dest_is_dir_hint, created_owner)
         if options.extract_archives and _is_archive(match.abs_path):

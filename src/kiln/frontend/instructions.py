@@ -346,7 +346,8 @@ def _copy_or_add(p: Planner, st: StageState, ins: Instruction, *, add: bool) -> 
             f"{ins.cmd} requires at least two arguments: sources and a destination", ins.line
         )
     env = st.expansion_env()
-    dest = p.workdir_join(st, p.expand(values[-1], env, ins.line))
+    written_dest = p.expand(values[-1], env, ins.line)
+    dest = p.workdir_join(st, written_dest)
     raw_srcs = values[:-1]
     chown = p.expand(flags.get("chown") or "", env, ins.line) or None
     chmod = p.expand(flags.get("chmod") or "", env, ins.line) or None
@@ -400,10 +401,13 @@ def _copy_or_add(p: Planner, st: StageState, ins: Instruction, *, add: bool) -> 
         link=flags.has("link"),
         add=add,
     )
-    origin = ""
-    if isinstance(source, StageSource):
-        origin = f"--from={from_name} "
-    _step(st, ins, op, f"{ins.cmd} {origin}{' '.join(srcs)} {dest} # buildkit")
+    # BuildKit's history text: flags since v0.13 (never --from), sources and the
+    # destination as written (expanded, not resolved against WORKDIR)
+    words = [ins.cmd]
+    words += [f"--chown={chown}"] if chown else []
+    words += [f"--chmod={chmod}"] if chmod else []
+    words += [f"<<{s}" for s in srcs] if isinstance(source, InlineSource) else srcs
+    _step(st, ins, op, f"{' '.join(words)} {written_dest} # buildkit")
 
 
 HANDLERS: dict[str, Handler] = {

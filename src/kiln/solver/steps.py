@@ -102,8 +102,7 @@ class StepRunner:
                     self._copy(op, rootfs)
                 else:
                     assert isinstance(op, MkdirOp)
-                    owner = resolve_user(rootfs, op.user)
-                    fileops.mkdir_p(rootfs, op.path, Identity(owner.uid, owner.gid))
+                    fileops.mkdir_p(rootfs, op.path, file_owner(rootfs, op.user))
             layer = write_layer(
                 upper,
                 self.blobs,
@@ -216,9 +215,8 @@ class StepRunner:
 
     # ------------------------------------------------------------------ COPY / ADD
     def _copy(self, op: CopyOp, rootfs: Path) -> None:
-        owner = resolve_user(rootfs, op.chown, what="user") if op.chown else None
         options = fileops.CopyOptions(
-            owner=Identity(owner.uid, owner.gid) if owner else None,
+            owner=file_owner(rootfs, op.chown) if op.chown else None,
             chmod=int(op.chmod, 8) if op.chmod else None,
             keep_owner=isinstance(op.source, (StageSource, ImageSource)),
             extract_archives=op.add,
@@ -240,6 +238,20 @@ class StepRunner:
             fileops.place_download(
                 rootfs, op.dest, download.path, download.filename, download.mtime, options
             )
+
+
+def file_owner(rootfs: Path, spec: str) -> Identity:
+    """The owner BuildKit's file operations give for ``--chown=SPEC`` (and for WORKDIR
+    under ``USER SPEC``): a name without a group takes its passwd group, but a numeric
+    user without a group takes the same number as group, passwd entry or not (unlike a
+    RUN step's user, whose group comes from passwd)."""
+    if not spec:
+        return Identity(0, 0)
+    user, _, group = spec.partition(":")
+    if user.isdigit() and not group:
+        return Identity(int(user), int(user))
+    found = resolve_user(rootfs, spec, what="user")
+    return Identity(found.uid, found.gid)
 
 
 def _copy_tree(source: Path, dest: Path) -> None:

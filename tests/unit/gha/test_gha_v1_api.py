@@ -263,3 +263,17 @@ def test_list_caches_for_the_npm_clients_diagnostics(gha_app: AppHarness) -> Non
     assert resp.status_code == 200
     assert resp.json()["totalCount"] == 1
     assert resp.json()["artifactCaches"][0]["cacheKey"] == "abc-1"
+
+
+def test_anonymous_scope_for_trusted_networks(gha_app_factory: object) -> None:
+    """Runners whose forge issues its own tokens (act_runner's external cache server)."""
+    app = gha_app_factory(anonymous_scope="shared")  # type: ignore[operator]
+    anon = Wire(app.client, "a-token-from-some-forge")
+    anon.v1_save("k", VERSION, b"data")
+    body = anon.v1_lookup(["k"], VERSION).json()
+    assert body["scope"] == "shared"
+    assert app.client.get(body["archiveLocation"]).content == b"data"
+    # a real token still gets exactly its own scopes
+    assert wire(app, "main").v1_lookup(["k"], VERSION).status_code == 204
+    # and the management API stays closed to anonymous callers' admin actions
+    assert app.client.post("/_kiln/v1/evict").status_code == 403

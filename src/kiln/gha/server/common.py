@@ -13,7 +13,7 @@ from kiln.gha.server import signing
 from kiln.gha.server.errors import Invalid, TooLarge, Unauthorized
 from kiln.gha.server.service import CacheService
 from kiln.gha.server.settings import ServerSettings
-from kiln.gha.server.tokens import Grant, TokenError, bearer, verify_token
+from kiln.gha.server.tokens import READ, WRITE, Grant, Scope, TokenError, bearer, verify_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +26,14 @@ class Context:
     def grant(self, request: Request) -> Grant:
         """The verified grant of the request's bearer token (401 without one)."""
         token = bearer(request.headers.get("authorization"))
-        if token is None:
-            raise Unauthorized("a bearer token is required")
         try:
+            if token is None:
+                raise TokenError("a bearer token is required")
             return verify_token(self.jwt_key, token)
         except TokenError as exc:
+            anonymous = self.settings.anonymous_scope
+            if anonymous:
+                return Grant((Scope(anonymous, READ | WRITE),))
             raise Unauthorized(str(exc)) from exc
 
     def base_url(self, request: Request) -> str:

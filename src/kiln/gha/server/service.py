@@ -31,6 +31,7 @@ T = TypeVar("T")
 MAX_KEY_LENGTH = 512
 MAX_KEYS = 10
 MAX_BLOCK_ID_BYTES = 64
+MAX_STAGED_BLOCKS = 100_000  # Azure's limit of uncommitted blocks per blob
 READ_DENIED = "cache read denied: the token has no readable cache scope"
 WRITE_DENIED = "cache write denied: the token has no writable cache scope"
 
@@ -194,6 +195,8 @@ class CacheService:
         """Azure Put Block: one staged block; the block list orders them later."""
         check_block_id(block_id)
         staged = await self.db(self.metadata.blocks, entry.id)
+        if block_id not in staged and len(staged) >= MAX_STAGED_BLOCKS:
+            raise Invalid(f"an upload may stage at most {MAX_STAGED_BLOCKS} blocks")
         room = self.settings.entry_cap - sum(n for b, n in staged.items() if b != block_id)
         size = await self.storage.write_block(
             entry.blob, block_id, limited(body, max(room, 0), "the staged blocks")

@@ -90,6 +90,9 @@ class ServerSettings:
     eviction_interval: float = 300.0  # background sweep period
     orphan_grace: float = 600.0  # stored files without metadata older than this are removed
     public_url: str | None = None  # base of signed URLs; None: the request's own base URL
+    # Trusted networks only: requests without a valid token of this server get read-write
+    # access to this one scope (runners whose forge hands out its own tokens, act_runner).
+    anonymous_scope: str | None = None
     max_json_body: int = 64 * 1024
     max_block_list_body: int = 8 * 1024 * 1024
 
