@@ -100,7 +100,7 @@ def parse_output(text: str, tags: tuple[str, ...]) -> Output:
     names = tuple(n for n in attrs.get("name", "").split(",") if n) or tags
     oci = parse_bool(attrs.get("oci-mediatypes", "true"), what="oci-mediatypes")
     if kind in ("registry", "image"):
-        push = kind == "registry" or parse_bool(attrs.get("push", "false"), what="push")
+        push = parse_bool(attrs.get("push", "true" if kind == "registry" else "false"), what="push")
         if push and not names:
             raise UsageError(
                 f"--output {text!r}: no image name to push",

@@ -10,11 +10,13 @@ included, are checked as well as the directory it writes. Docker's filesystem is
 ``docker save`` layers applied the same way (not ``docker export``, which adds the
 container's own files: ``/.dockerenv``, ``/etc/hosts``, ``/etc/hostname``, ...).
 
-Exclusions, each because Docker adds the path itself, not the Dockerfile:
+What is left out or normalised, each time because the builder adds it, not the Dockerfile:
 - ``/dev``, ``/proc``, ``/sys`` as empty root-owned directories when the base image has
-  none: the BuildKit inside Docker 20.10 (v0.8) leaves the mount points runc created for a
-  RUN step in that step's layer; later BuildKit releases remove such stubs, as kiln does.
-
+  none: the mount points runc creates for a RUN step stay in that step's layer with
+  BuildKit (v0.8 here, and current rootful BuildKit too: its stub cleaner only removes
+  the step's own mounts, moby/buildkit executor/stubs.go), while kiln removes every mount
+  point the runtime had to create. A known difference, left out only in exactly this
+  form (bare 0755 root-owned empty directories at these paths, missing from kiln's tree).
 - A step that changes nothing (``WORKDIR`` of an existing directory): Docker 20.10 stores
   its empty layer (the 1024-byte empty tar) with a non-empty history entry; BuildKit's own
   image exporter, which kiln follows, drops such layers and marks the entry
@@ -295,7 +297,7 @@ def _history_text(created_by: str, build_args: dict[str, str], *, oracle: bool) 
     if keyword == "HEALTHCHECK":  # a Go struct dump whose fields change between releases
         return keyword
     if keyword in ("COPY", "ADD") and not oracle:  # v0.13 added --chown/--chmod to the text
-        return " ".join(w for w in created_by.split(" ") if not w.startswith(("--ch")))
+        return " ".join(w for w in created_by.split(" ") if not w.startswith("--ch"))
     return created_by
 
 
@@ -353,9 +355,7 @@ def build_both(
     kiln(
         "build", *args, "-o", f"type=local,dest={local}", "-o", f"type=oci,dest={archive}", ctx
     ).check()
-    return Compared(
-        docker_image(docker, tag), oci_image(archive), tree_of_dir(local), build_args
-    )
+    return Compared(docker_image(docker, tag), oci_image(archive), tree_of_dir(local), build_args)
 
 
 def assert_same(result: Compared) -> None:
@@ -379,7 +379,9 @@ def _bundle() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
 
-        def add(name: str, kind: bytes, mode: int, owner: int, data: bytes = b"", link: str = ""):
+        def add(
+            name: str, kind: bytes, mode: int, owner: int, data: bytes = b"", link: str = ""
+        ) -> None:
             info = tarfile.TarInfo(name)
             info.type, info.mode, info.uid, info.gid = kind, mode, owner, owner + 1
             info.size, info.linkname = len(data), link
@@ -413,7 +415,7 @@ ENV BUILD_DIR=/build
 WORKDIR $BUILD_DIR/out
 RUN echo "version ${{VERSION}}" > version.txt && ln -s version.txt current \\
  && mkdir -p sub/deeper && echo x > sub/deeper/file && chmod 0751 sub \\
- && ln -s /nowhere dangling && ln version.txt hardlink && chmod 4755 version.txt \
+ && ln -s /nowhere dangling && ln version.txt hardlink && chmod 4755 version.txt \\
  && chown 1234:2345 sub/deeper/file && mkdir empty && chmod 1770 empty
 RUN ["/bin/sh", "-c", "echo exec form > /build/out/exec.txt; mkfifo /build/out/fifo"]
 
@@ -441,7 +443,7 @@ ADD --chown=42:43 bundle.tar.gz /opt/fresh/
 COPY bundle.tar.gz /srv/copied/
 COPY . /ctx/
 RUN rm /bin/vi && rm -r /var/tmp && echo changed >> /etc/group && rm /srv/renamed
-RUN rm -r /srv/dir && echo now-a-file > /srv/dir && rm /srv/multi/a.txt \
+RUN rm -r /srv/dir && echo now-a-file > /srv/dir && rm /srv/multi/a.txt \\
  && mkdir /srv/multi/a.txt && rm -r /etc/app && mkdir /etc/app && echo new > /etc/app/fresh
 RUN true
 WORKDIR /tmp
@@ -538,10 +540,7 @@ def test_image_config_matches_buildkit(
     kiln: Kiln, docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
 ) -> None:
     ctx = make_context(tmp_path / "ctx", CONFIG_DOCKERFILE.format(base=busybox_image))
-    result = build_both(
-        kiln, docker_engine, ctx, tmp_path, "config", build_args={"FLAVOR": "mint"}
-    )
+    result = build_both(kiln, docker_engine, ctx, tmp_path, "config", build_args={"FLAVOR": "mint"})
     assert_same(result)
-    assert result.kiln.tree["/tmp/shell-form"] == result.docker.tree["/tmp/shell-form"]
     entry = build_both(kiln, docker_engine, ctx, tmp_path, "entry", "--target", "entry-only")
     assert_same(entry)
