@@ -166,7 +166,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         )
         remote = caches.load()
         snapshots = SnapshotStore(root, blobs)
-        local = LocalCache(root.cache_keys, blobs, snapshots.exists)
+        local = LocalCache(root.cache_keys, blobs)
         solve_options = SolveOptions(
             no_cache=options.no_cache,
             compression=options.compression,

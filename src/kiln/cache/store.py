@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,6 @@ from kiln.oci import Descriptor, Layer, digest_hex, is_digest
 from kiln.state import write_atomic
 
 log = logging.getLogger(__name__)
-
-# does an unpacked snapshot of this diff ID exist?
-SnapshotCheck = Callable[[str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +53,9 @@ class StepRecord:
 
 
 class LocalCache:
-    def __init__(self, root: Path, blobs: BlobStore, snapshot_exists: SnapshotCheck) -> None:
+    def __init__(self, root: Path, blobs: BlobStore) -> None:
         self.root = root
         self.blobs = blobs
-        self.snapshot_exists = snapshot_exists
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -78,13 +73,25 @@ class LocalCache:
             self._drop(path)
             return None
         layer = record.layer
-        if layer is not None and not (
-            self.blobs.has(layer.digest) or self.snapshot_exists(layer.diff_id)
-        ):
+        if layer is not None and not self._blob_intact(layer):
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # last use, for size-capped pruning
         return record
+
+    def _blob_intact(self, layer: Layer) -> bool:
+        """The layer's blob is here with the size its descriptor says (a cheap check; a
+        truncated or replaced blob is removed and the step runs again)."""
+        try:
+            size = self.blobs.size(layer.digest)
+        except OSError:
+            return False
+        if size != layer.blob.size:
+            log.warning("blob %s has %d bytes, expected %d: removed", layer.digest, size,
+                        layer.blob.size)  # fmt: skip
+            self.blobs.remove(layer.digest)
+            return False
+        return True
 
     def put(self, key: str, record: StepRecord) -> None:
         write_atomic(self._path(key), json.dumps(record.to_json(), sort_keys=True).encode())

@@ -66,31 +66,42 @@ def copy_sources(
     """Copy the selected *matches* from *source* to container path *dest*."""
     dest_is_dir_hint = dest.endswith("/") or len(matches) > 1
     created_owner = options.owner or Identity(0, 0)
+    created_mode = _created_dir_mode(options)
     for match in matches:
-        if match.is_dir:
-            # the directory's contents go into dest; dest itself is made like any missing
-            # parent (0755, the --chown owner) and an existing one is left as it is: the
-            # source directory's own mode and owner, and --chmod, never reach it (BuildKit)
-            target = mkdir_p(rootfs, dest, created_owner)
-            _copy_entries(source.walk(match), target, options, skip_root=True)
-            continue
-        parent_dir, name = _file_destination(rootfs, dest, match, dest_is_dir_hint, created_owner)
-        if options.extract_archives and _is_archive(match.abs_path):
-            target = mkdir_p(rootfs, dest, created_owner)
+        if options.extract_archives and not match.is_dir and _is_archive(match.abs_path):
+            target = mkdir_p(rootfs, dest, created_owner)  # 0755 whatever --chmod says
             _extract(match.abs_path, target, options)
             continue
+        if match.is_dir:
+            # the directory's contents go into dest; dest itself is made like any missing
+            # parent and an existing one is left as it is: the source directory's own mode
+            # and owner never reach it
+            target = mkdir_p(rootfs, dest, created_owner, created_mode)
+            _copy_entries(source.walk(match), target, options, skip_root=True)
+            continue
+        parent_dir, name = _file_destination(
+            rootfs, dest, match, dest_is_dir_hint, created_owner, created_mode
+        )
         entries = list(source.walk(match))
         _copy_entries(entries, parent_dir / name, options, skip_root=False)
 
 
+def _created_dir_mode(options: CopyOptions) -> int:
+    """Directories a copy creates get the --chmod permission bits (BuildKit since v0.21,
+    fsutil "copy: fix custom chmod for parent directories"; never setuid/setgid/sticky),
+    else 0755; they get the --chown owner either way."""
+    return options.chmod & 0o777 if options.chmod is not None else 0o755
+
+
 def _file_destination(
-    rootfs: Path, dest: str, match: SourceMatch, dir_hint: bool, owner: Identity
+    rootfs: Path, dest: str, match: SourceMatch, dir_hint: bool, owner: Identity, mode: int
 ) -> tuple[Path, str]:
     host_dest = resolve_in_root(rootfs, dest)
     if dir_hint or host_dest.is_dir():
-        return mkdir_p(rootfs, dest, owner), os.path.basename(match.rel_path.rstrip("/"))
+        name = os.path.basename(match.rel_path.rstrip("/"))
+        return mkdir_p(rootfs, dest, owner, mode), name
     parent, _, name = dest.rstrip("/").rpartition("/")
-    return mkdir_p(rootfs, parent or "/", owner), name
+    return mkdir_p(rootfs, parent or "/", owner, mode), name
 
 
 def _copy_entries(
@@ -147,12 +158,13 @@ def write_inline(
 ) -> None:
     """Heredoc sources: each becomes a file (0644 unless --chmod)."""
     owner = options.owner or Identity(0, 0)
+    dir_mode = _created_dir_mode(options)
     for name, content in files:
         if many or dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
-            parent, filename = mkdir_p(rootfs, dest, owner), name
+            parent, filename = mkdir_p(rootfs, dest, owner, dir_mode), name
         else:
             head, _, filename = dest.rstrip("/").rpartition("/")
-            parent = mkdir_p(rootfs, head or "/", owner)
+            parent = mkdir_p(rootfs, head or "/", owner, dir_mode)
         target = parent / filename
         _replace(target)
         target.write_text(content)
@@ -166,11 +178,12 @@ def place_download(
 ) -> None:  # fmt: skip
     """ADD <url>: the file lands at dest (or dest/<filename>), mode 0600 unless --chmod."""
     owner = options.owner or Identity(0, 0)
+    dir_mode = _created_dir_mode(options)
     if dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
-        parent, name = mkdir_p(rootfs, dest, owner), filename
+        parent, name = mkdir_p(rootfs, dest, owner, dir_mode), filename
     else:
         head, _, name = dest.rstrip("/").rpartition("/")
-        parent = mkdir_p(rootfs, head or "/", owner)
+        parent = mkdir_p(rootfs, head or "/", owner, dir_mode)
     target = parent / name
     _replace(target)
     shutil.copyfile(downloaded, target)

@@ -122,9 +122,12 @@ def test_failed_push_leaves_no_manifest(kiln, busybox_image, registry, tmp_path:
     root = tmp_path / "root"
     ref = f"{registry.host}/test/partial:1"
     kiln("build", ctx, root=root).check()
-    # corrupt the locally stored layer: its upload is refused by digest verification
+    # corrupt the locally stored layer (same size, other bytes): the registry refuses
+    # its upload by digest verification
     blobs = sorted((root / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
-    blobs[-1].write_bytes(b"corrupted")
+    data = bytearray(blobs[-1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blobs[-1].write_bytes(bytes(data))
     run = kiln("build", "-t", ref, "--push", ctx, root=root)
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
@@ -134,3 +137,13 @@ def test_failed_push_leaves_no_manifest(kiln, busybox_image, registry, tmp_path:
         text=True,
     )
     assert proc.returncode != 0
+
+
+def test_truncated_local_blob_is_a_miss(kiln, busybox_image, registry, tmp_path: Path):
+    ctx = make_context(tmp_path / "ctx", f"FROM {busybox_image}\nRUN echo x > /x\n")
+    root = tmp_path / "root"
+    kiln("build", ctx, root=root).check()
+    blobs = sorted((root / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
+    blobs[-1].write_bytes(b"trunc")
+    run = kiln("build", "-t", f"{registry.host}/test/trunc:1", "--push", ctx, root=root).check()
+    assert run.ran == ["build 2/2 RUN echo x > /x"]

@@ -437,3 +437,78 @@ def test_corrupted_blob_in_a_registry_cache_is_never_used(
     assert "corrupt" in run.stderr
     assert "build 2/3 RUN echo precious > /data" in run.ran
     assert (out / "data").read_text() == "precious\n"
+
+
+def test_force_compression_converts_cached_layers(kiln, busybox_image, registry, tmp_path: Path):
+    ctx = multi_stage(tmp_path)
+    cache = f"{registry.host}/cache/zstd:cache"
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    kiln(
+        "build",
+        *base,
+        "--cache-to",
+        f"type=registry,ref={cache},mode=max,compression=zstd,force-compression=true",
+        ctx,
+        root=tmp_path / "a",
+    ).check()
+    raw = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{cache}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert {layer["mediaType"] for layer in raw["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
+    out = tmp_path / "out"
+    run = kiln(
+        "build", *base, "--cache-from", cache, "-o", f"type=local,dest={out}", ctx,
+        root=tmp_path / "b",
+    ).check()  # fmt: skip
+    assert run.ran == []
+    assert (out / "app" / "built").read_text() == "one\ntwo\n"
+
+
+def test_ignore_error_turns_a_failed_export_into_a_warning(kiln, busybox_image, tmp_path: Path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    ctx = make_context(tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN echo x > /x\n")
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    failing = kiln("build", *base, "--cache-to", f"type=registry,ref={dead}/c:1", ctx)
+    assert failing.returncode != 0 and dead in failing.stderr
+    assert "Traceback" not in failing.stderr
+    ok = kiln(
+        "build", *base, "--cache-to", f"type=registry,ref={dead}/c:1,ignore-error=true", ctx
+    ).check()
+    assert "failed (ignored)" in ok.stderr
+
+
+def test_an_interrupted_export_leaves_the_previous_cache_usable(
+    kiln, busybox_image, registry, tmp_path: Path
+):
+    ctx = make_context(
+        tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN echo one > /one\nCOPY f /f\n", {"f": "1"}
+    )
+    cache = f"{registry.host}/cache/interrupted:cache"
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    to = ["--cache-to", f"type=registry,ref={cache},mode=max"]
+    kiln("build", *base, *to, ctx, root=tmp_path / "a").check()
+    # a second export dies uploading a blob (its local copy is corrupt): the manifest,
+    # written last, still names the first export's complete cache
+    (ctx / "f").write_text("2")
+    root = tmp_path / "b"
+    kiln("build", *base, ctx, root=root).check()
+    newest = max((root / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    broken = kiln("build", *base, *to, ctx, root=root)
+    assert broken.returncode != 0 and "Traceback" not in broken.stderr
+    (ctx / "f").write_text("1")
+    fresh = kiln("build", *base, "--cache-from", cache, ctx, root=tmp_path / "c").check()
+    assert fresh.ran == []

@@ -23,11 +23,15 @@ What is left out or normalised, each time because the builder adds it, not the D
   ``empty_layer``. The oracle's image is normalised that way before comparing.
 
 Where the BuildKit inside Docker 20.10 predates a behaviour change, the oracle's result is
-adjusted to the current behaviour, narrowly, and each adjustment asserts that it changed
-something (so it goes stale loudly on a newer engine):
+adjusted to the current behaviour, path by path, and each adjustment asserts that it
+changed something (so it goes stale loudly on a newer engine):
 - ``ADD --chown`` of a local archive: v0.8 ignores ``--chown`` for the extracted members;
   since v0.23 (moby/buildkit#5987) the members take the owner, while directories the
   archive only implies stay 0:0 and the destination's other content keeps its owner.
+- ``COPY --chmod``: v0.8 drops setuid/setgid/sticky bits, kept since v0.13 (fsutil#168,
+  moby/buildkit#3920); directories the copy creates get 0755 in v0.8 and the --chmod
+  permission bits since v0.21 (fsutil 183e7fb "copy: fix custom chmod for parent
+  directories").
 
 History ``created_by`` texts are compared exactly, except for instructions whose text
 BuildKit changed after v0.8: ``ARG`` (v0.8 records the declared default, later releases
@@ -245,16 +249,13 @@ def without_docker_stubs(docker: Tree, kiln: Tree) -> Tree:
     return out
 
 
-def chown_archive_members(
-    tree: Tree, dest: str, members: tuple[str, ...], uid: int, gid: int
-) -> None:
-    """What current BuildKit makes of ``ADD --chown=uid:gid archive dest``: the archive's
-    own members take the owner; the destination's other content and parents the archive
-    only implies do not."""
-    for member in members:
-        node = tree[dest + member]
-        assert (node.uid, node.gid) != (uid, gid), f"{dest + member}: already {uid}:{gid}"
-        tree[dest + member] = dataclasses.replace(node, uid=uid, gid=gid)
+def as_current_buildkit(tree: Tree, path: str, **changes: int) -> None:
+    """Adjust the oracle's *path* to what a current BuildKit makes of it (see the module
+    doc); the adjustment must change something, so it goes stale loudly."""
+    node = tree[path]
+    changed = dataclasses.replace(node, **changes)
+    assert changed != node, f"{path} is already {node}: the engine is newer, drop this"
+    tree[path] = changed
 
 
 def tree_diff(expected: Tree, actual: Tree) -> list[str]:
@@ -281,15 +282,19 @@ def config_diff(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     ]
 
 
-def _history_text(created_by: str, build_args: dict[str, str], *, oracle: bool) -> str:
+def _history_text(created_by: str, result: Compared, *, oracle: bool) -> str:
     """created_by as compared: exact, except where BuildKit's own text changed after v0.8
     (see the module doc)."""
     keyword, _, rest = created_by.partition(" ")
     if keyword == "ARG" and oracle:  # v0.8 records the declared default, now the value used
         words = []
         for word in rest.split(" "):
-            name = word.partition("=")[0]
-            words.append(f"{name}={build_args[name]}" if name in build_args else word)
+            name, eq, _ = word.partition("=")
+            if name in result.build_args:
+                word = f"{name}={result.build_args[name]}"
+            elif not eq and name in result.meta_args:  # inherited from a global ARG
+                word = f"{name}={result.meta_args[name]}"
+            words.append(word)
         return "ARG " + " ".join(words)
     if keyword == "EXPOSE":  # v0.8 prints a Go map (sorted), now a list in Dockerfile order
         ports = rest.removeprefix("map[").removeprefix("[").removesuffix("]").split(" ")
@@ -301,16 +306,14 @@ def _history_text(created_by: str, build_args: dict[str, str], *, oracle: bool) 
     return created_by
 
 
-def history_diff(
-    expected: dict[str, Any], actual: dict[str, Any], build_args: dict[str, str]
-) -> list[str]:
+def history_diff(result: Compared) -> list[str]:
     def entries(config: dict[str, Any], oracle: bool) -> list[tuple[str, bool]]:
         return [
-            (_history_text(h["created_by"], build_args, oracle=oracle), bool(h.get("empty_layer")))
+            (_history_text(h["created_by"], result, oracle=oracle), bool(h.get("empty_layer")))
             for h in config["history"]
         ]
 
-    want, got = entries(expected, True), entries(actual, False)
+    want, got = entries(result.docker.config, True), entries(result.kiln.config, False)
     if want == got:
         return []
     lines = [f"buildkit {w}" for w in want if w not in got]
@@ -335,6 +338,7 @@ class Compared:
     kiln: Image
     kiln_local: Tree
     build_args: dict[str, str]
+    meta_args: dict[str, str]
 
 
 def build_both(
@@ -345,8 +349,10 @@ def build_both(
     name: str,
     *args: str,
     build_args: dict[str, str] | None = None,
+    meta_args: dict[str, str] | None = None,
 ) -> Compared:
-    """Build *ctx* with BuildKit and with kiln (the same extra *args* and build args)."""
+    """Build *ctx* with BuildKit and with kiln (the same extra *args* and build args);
+    *meta_args* are the values of the Dockerfile's global ARGs, for the history check."""
     build_args = build_args or {}
     args += tuple(a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}"))
     tag = f"kiln-oracle/{name}:latest"
@@ -355,7 +361,10 @@ def build_both(
     kiln(
         "build", *args, "-o", f"type=local,dest={local}", "-o", f"type=oci,dest={archive}", ctx
     ).check()
-    return Compared(docker_image(docker, tag), oci_image(archive), tree_of_dir(local), build_args)
+    return Compared(
+        docker_image(docker, tag), oci_image(archive), tree_of_dir(local),
+        build_args, meta_args or {},
+    )  # fmt: skip
 
 
 def assert_same(result: Compared) -> None:
@@ -364,7 +373,7 @@ def assert_same(result: Compared) -> None:
     problems = [f"layers  {d}" for d in tree_diff(expected, result.kiln.tree)]
     problems += [f"local   {d}" for d in tree_diff(expected, result.kiln_local)]
     problems += [f"config  {d}" for d in config_diff(docker_cfg, kiln_cfg)]
-    problems += [f"history {d}" for d in history_diff(docker_cfg, kiln_cfg, result.build_args)]
+    problems += [f"history {d}" for d in history_diff(result)]
     assert not problems, "kiln differs from BuildKit:\n" + "\n".join(problems)
     for config in (docker_cfg, kiln_cfg):
         history_layers_consistent(config)
@@ -373,11 +382,12 @@ def assert_same(result: Compared) -> None:
 # ------------------------------------------------------------------------------ cases
 
 
-def _bundle() -> bytes:
-    """A tar.gz as ``tar -C dir -czf`` makes them (a ``./`` entry first), with owners and
-    modes of its own, a directory given explicitly and one only implied, and links."""
+def _bundle(compression: str = "gz") -> bytes:
+    """A tar (``gz``, ``bz2``, ``xz`` or plain ``""``) as ``tar -C dir -czf`` makes them (a
+    ``./`` entry first), with owners and modes of its own, a directory given explicitly
+    and one only implied, and links."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
 
         def add(
             name: str, kind: bytes, mode: int, owner: int, data: bytes = b"", link: str = ""
@@ -426,6 +436,7 @@ COPY --from={busybox_image} /etc/passwd /srv/image-passwd
 COPY --chown=app:grp --chmod=0640 conf/*.conf /etc/app/
 COPY --chown=42:43 bin/ /srv/bin/
 COPY --chmod=0750 dir/ /srv/chmod-dir/
+COPY --chmod=4755 files/a.txt /srv/suid/
 COPY dir /srv/existing
 COPY dir emptydir /srv/two-dirs/
 COPY --chown=1234 files/a.txt /srv/numeric-chown/a.txt
@@ -440,7 +451,13 @@ COPY files/a.txt /opt/owned/pre-existing
 ADD bundle.tar.gz /opt/
 ADD --chown=app bundle.tar.gz /opt/owned/
 ADD --chown=42:43 bundle.tar.gz /opt/fresh/
+ADD bundle.tar bundle.tar.bz2 bundle.tar.xz /opt/other-formats/
+ADD plain.gz /srv/not-a-tar/
 COPY bundle.tar.gz /srv/copied/
+COPY linkdir/ /srv/via-link/
+COPY linkdir /srv/via-link2
+COPY *.txt /srv/glob/
+COPY files/a.txt /usr/bin/through-symlinked-dir
 COPY . /ctx/
 RUN rm /bin/vi && rm -r /var/tmp && echo changed >> /etc/group && rm /srv/renamed
 RUN rm -r /srv/dir && echo now-a-file > /srv/dir && rm /srv/multi/a.txt \\
@@ -470,7 +487,18 @@ RUN touch numeric-user
             "files/b.txt": "B\n",
             "name with space.txt": "spaced\n",
             "bundle.tar.gz": _bundle(),
-            ".dockerignore": "**/*.log\nsecret/\n!keep.log\nnode_modules\n!node_modules/keep.js\n",
+            "bundle.tar": _bundle(""),
+            "bundle.tar.bz2": _bundle("bz2"),
+            "bundle.tar.xz": _bundle("xz"),
+            "plain.gz": gzip.compress(b"not a tar\n"),
+            "match.txt/inner": "a directory matched by *.txt\n",
+            "a/temp1/x": "ignored by */temp*\n",
+            "b/c/tempo/y": "ignored by **/tempo\n",
+            ".dockerignore": (
+                "**/*.log\nsecret/\n!keep.log\nnode_modules\n!node_modules/keep.js\n"
+                "*/temp*\n**/tempo\n/top.txt\n!/top.txt\n"
+            ),
+            "top.txt": "excluded, then re-included\n",
             "debug.log": "no\n",
             "keep.log": "yes\n",
             "deep/x/trace.log": "no\n",
@@ -486,24 +514,33 @@ RUN touch numeric-user
     os.chmod(ctx / "dir" / "sub", 0o700)
     os.chmod(ctx / "files" / "b.txt", 0o600)
     os.symlink("files/a.txt", ctx / "link-to-a")
+    os.symlink("dir", ctx / "linkdir")
     os.symlink("/etc/passwd", ctx / "absolute-link")
     result = build_both(kiln, docker_engine, ctx, tmp_path, "files")
-    # BuildKit 0.23 and later apply ADD --chown to the archive's members (see the module doc)
-    chown_archive_members(result.docker.tree, "/opt/owned", BUNDLE_MEMBERS, 1234, 2345)
-    chown_archive_members(result.docker.tree, "/opt/fresh", BUNDLE_MEMBERS, 42, 43)
+    oracle = result.docker.tree
+    for member in BUNDLE_MEMBERS:  # ADD --chown reaches the archive's members
+        as_current_buildkit(oracle, "/opt/owned" + member, uid=1234, gid=2345)
+        as_current_buildkit(oracle, "/opt/fresh" + member, uid=42, gid=43)
+    as_current_buildkit(oracle, "/srv/chmod-dir", mode=0o750)  # created with the --chmod
+    as_current_buildkit(oracle, "/srv/suid/a.txt", mode=0o4755)  # --chmod keeps setuid
     assert_same(result)
     # the text current BuildKit writes for a COPY with flags (compared without them above)
     created_by = [h["created_by"] for h in result.kiln.config["history"]]
     assert "COPY --chown=app:grp --chmod=0640 conf/*.conf /etc/app/ # buildkit" in created_by
 
 
-CONFIG_DOCKERFILE = """FROM {base} AS base
+CONFIG_DOCKERFILE = """ARG BASE={base}
+ARG UNAME=nobody
+FROM ${{BASE}} AS base
 RUN echo "app:x:1234:2345::/home/app:/bin/sh" >> /etc/passwd && echo "grp:x:2345:" >> /etc/group
 
 FROM base AS entry-only
-ENTRYPOINT ["/bin/echo", "entry"]
+STOPSIGNAL 9
+HEALTHCHECK NONE
+ENTRYPOINT echo entry "$HOME"
 
 FROM base
+ARG UNAME
 ARG VERSION=1.0
 ARG FLAVOR
 ARG PORT=7000
@@ -517,12 +554,17 @@ ENV APP=/srv/app \\
     LITERAL=\\$HOME
 ENV PATH=$APP/bin:$PATH
 ENV OLDSTYLE value with spaces
+ENV abc=hello
+ENV abc=bye def=$abc VOL=/vol
 LABEL org.opencontainers.image.version=$VERSION "com.example.quoted"="a b" multi.one=1
-LABEL com.example.flavor=${{FLAVOR:-none}} com.example.empty=""
-EXPOSE 8080 53/udp 9000-9002/tcp
+LABEL com.example.flavor=${{FLAVOR:-none}} com.example.empty="" user=$UNAME
+LABEL multi.line="line one \\
+line two"
+EXPOSE 8080 53/UDP 9000-9002/tcp
 EXPOSE $PORT
 VOLUME /data /more
 VOLUME ["/logs", "/cache"]
+VOLUME $VOL
 USER app
 WORKDIR $APP
 SHELL ["/bin/sh", "-ec"]
@@ -540,7 +582,13 @@ def test_image_config_matches_buildkit(
     kiln: Kiln, docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
 ) -> None:
     ctx = make_context(tmp_path / "ctx", CONFIG_DOCKERFILE.format(base=busybox_image))
-    result = build_both(kiln, docker_engine, ctx, tmp_path, "config", build_args={"FLAVOR": "mint"})
+    result = build_both(
+        kiln, docker_engine, ctx, tmp_path, "config",
+        build_args={"FLAVOR": "mint"}, meta_args={"UNAME": "nobody"},
+    )  # fmt: skip
     assert_same(result)
-    entry = build_both(kiln, docker_engine, ctx, tmp_path, "entry", "--target", "entry-only")
+    entry = build_both(
+        kiln, docker_engine, ctx, tmp_path, "entry", "--target", "entry-only",
+        meta_args={"UNAME": "nobody"},
+    )  # fmt: skip
     assert_same(entry)
