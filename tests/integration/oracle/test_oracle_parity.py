@@ -43,11 +43,12 @@ and ``HEALTHCHECK`` (a Go struct dump that gains fields between releases: the ke
 
 from __future__ import annotations
 
-import dataclasses
+import bz2
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import stat
 import tarfile
@@ -249,11 +250,20 @@ def without_docker_stubs(docker: Tree, kiln: Tree) -> Tree:
     return out
 
 
-def as_current_buildkit(tree: Tree, path: str, **changes: int) -> None:
+def as_current_buildkit(
+    tree: Tree, path: str, *, mode: int | None = None, uid: int | None = None,
+    gid: int | None = None,
+) -> None:  # fmt: skip
     """Adjust the oracle's *path* to what a current BuildKit makes of it (see the module
     doc); the adjustment must change something, so it goes stale loudly."""
     node = tree[path]
-    changed = dataclasses.replace(node, **changes)
+    changed = Node(
+        node.kind,
+        node.mode if mode is None else mode,
+        node.uid if uid is None else uid,
+        node.gid if gid is None else gid,
+        node.data,
+    )
     assert changed != node, f"{path} is already {node}: the engine is newer, drop this"
     tree[path] = changed
 
@@ -387,7 +397,7 @@ def _bundle(compression: str = "gz") -> bytes:
     ``./`` entry first), with owners and modes of its own, a directory given explicitly
     and one only implied, and links."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
+    with tarfile.open(fileobj=buf, mode="w") as tar:
 
         def add(
             name: str, kind: bytes, mode: int, owner: int, data: bytes = b"", link: str = ""
@@ -403,7 +413,10 @@ def _bundle(compression: str = "gz") -> bytes:
         add("./pkg/sub/two.txt", tarfile.REGTYPE, 0o604, 7, b"two")
         add("./pkg/link", tarfile.SYMTYPE, 0o777, 7, link="one.txt")
         add("./pkg/hard", tarfile.LNKTYPE, 0o640, 7, link="./pkg/one.txt")
-    return buf.getvalue()
+    compress: dict[str, Callable[[bytes], bytes]] = {
+        "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "": bytes,
+    }  # fmt: skip
+    return compress[compression](buf.getvalue())
 
 
 BUNDLE_MEMBERS = ("/pkg", "/pkg/one.txt", "/pkg/sub/two.txt", "/pkg/link", "/pkg/hard")
