@@ -108,6 +108,8 @@ def _copy_entries(
     entries: Iterable[ContextEntry], target_root: Path, options: CopyOptions, *, skip_root: bool
 ) -> None:
     dirs: list[tuple[Path, ContextEntry]] = []
+    # files hard-linked to each other in the source stay linked in the copy (BuildKit)
+    linked: dict[tuple[int, int], Path] = {}
     for entry in entries:
         if skip_root and not entry.rel:
             continue
@@ -120,10 +122,15 @@ def _copy_entries(
             dirs.append((target, entry))
         else:
             _replace(target)
+            inode = (st.st_dev, st.st_ino)
             if entry.kind == "symlink":
                 os.symlink(os.readlink(entry.abs_path), target)
+            elif st.st_nlink > 1 and inode in linked:
+                os.link(linked[inode], target)
             else:
                 shutil.copyfile(entry.abs_path, target, follow_symlinks=True)
+                if st.st_nlink > 1:
+                    linked[inode] = target
         _set_owner_mode(target, st, entry.kind, options)
         if entry.kind != "dir":
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

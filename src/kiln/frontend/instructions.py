@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from kiln import units
 from kiln.frontend.base import (
     BindMount,
     ContextSource,
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
 Handler = Callable[["Planner", "StageState", Instruction], None]
 
 _HEREDOC_RE = re.compile(r"^<<(-?)(['\"]?)([A-Za-z0-9_]+)\2$")
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
-_DURATION_NS["h"] = 3600 * 10**9
 
 
 def dispatch(p: Planner, st: StageState, ins: Instruction) -> None:
@@ -203,15 +201,13 @@ def _shell(p: Planner, st: StageState, ins: Instruction) -> None:
 
 
 def _duration(p: Planner, text: str, line: int) -> int:
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_NS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise p.error(f"invalid duration {text!r}", line, hint="use values like 30s or 1m30s")
-    return int(total)
+    """A Go duration in nanoseconds, as the image config stores healthcheck times."""
+    try:
+        return round(units.parse_duration(text) * 1e9)
+    except ValueError as exc:
+        raise p.error(
+            f"invalid duration {text!r}", line, hint="use values like 30s or 1m30s"
+        ) from exc
 
 
 def _healthcheck(p: Planner, st: StageState, ins: Instruction) -> None:

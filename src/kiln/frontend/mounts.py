@@ -6,6 +6,7 @@ import csv
 import posixpath
 from collections.abc import Callable
 
+from kiln import units
 from kiln.errors import DockerfileError
 from kiln.frontend.base import BindMount, CacheMount, ImageBase, Mount, SecretMount, TmpfsMount
 
@@ -119,10 +120,7 @@ def _rw(fields: dict[str, str]) -> bool:
 
 
 def _size(text: str, fail: Callable[[str], DockerfileError]) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("b")
-    mult = units.get(t[-1:], 1) if t else 1
     try:
-        return int(t[:-1] if mult != 1 else t) * mult
+        return units.parse_size(text)
     except ValueError as exc:
-        raise fail("size must be a number with an optional k/m/g suffix") from exc
+        raise fail("size must be a number with an optional unit (k, m, g)") from exc

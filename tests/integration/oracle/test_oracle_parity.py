@@ -44,9 +44,11 @@ and ``HEALTHCHECK`` (a Go struct dump that gains fields between releases: the ke
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import os
@@ -73,6 +75,7 @@ class Node:
     uid: int
     gid: int
     data: str = ""  # sha256 of a file, target of a symlink, "major,minor" of a device
+    inode: int = dataclasses.field(default=0, compare=False)  # equal for hard links
 
     def __str__(self) -> str:
         return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid} {self.data}".rstrip()
@@ -87,6 +90,18 @@ _TAR_KINDS = {
     tarfile.BLKTYPE: "block",
     tarfile.FIFOTYPE: "fifo",
 }
+
+
+_inodes = itertools.count(1)
+
+
+def hard_links(tree: Tree) -> set[frozenset[str]]:
+    """Groups of paths that are one file (hard links)."""
+    groups: dict[int, set[str]] = {}
+    for path, node in tree.items():
+        if node.kind == "file":
+            groups.setdefault(node.inode, set()).add(path)
+    return {frozenset(g) for g in groups.values() if len(g) > 1}
 
 
 def _norm(name: str) -> str:
@@ -125,7 +140,8 @@ def apply_layer(tree: Tree, layer: bytes) -> None:
                 content = tar.extractfile(m)
                 assert content is not None
                 digest = hashlib.sha256(content.read()).hexdigest()
-                node = Node("file", m.mode & 0o7777, m.uid, m.gid, digest)
+                inode = next(_inodes)
+                node = Node("file", m.mode & 0o7777, m.uid, m.gid, digest, inode)
             else:
                 kind = _TAR_KINDS[m.type]
                 data = m.linkname if kind == "symlink" else ""
@@ -154,7 +170,7 @@ def tree_of_dir(root: Path) -> Tree:
                 node = Node("symlink", 0, st.st_uid, st.st_gid, os.readlink(host))
             elif fmt == stat.S_IFREG:
                 digest = hashlib.sha256(host.read_bytes()).hexdigest()
-                node = Node("file", mode, st.st_uid, st.st_gid, digest)
+                node = Node("file", mode, st.st_uid, st.st_gid, digest, st.st_ino)
             elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
                 kind = "char" if fmt == stat.S_IFCHR else "block"
                 dev = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
@@ -263,6 +279,7 @@ def as_current_buildkit(
         node.uid if uid is None else uid,
         node.gid if gid is None else gid,
         node.data,
+        node.inode,
     )
     assert changed != node, f"{path} is already {node}: the engine is newer, drop this"
     tree[path] = changed
@@ -384,6 +401,11 @@ def assert_same(result: Compared) -> None:
     problems += [f"local   {d}" for d in tree_diff(expected, result.kiln_local)]
     problems += [f"config  {d}" for d in config_diff(docker_cfg, kiln_cfg)]
     problems += [f"history {d}" for d in history_diff(result)]
+    want_links = hard_links(expected)
+    for name, tree in (("layers ", result.kiln.tree), ("local  ", result.kiln_local)):
+        got = hard_links(tree)
+        problems += [f"{name} hard links only in buildkit: {sorted(g)}" for g in want_links - got]
+        problems += [f"{name} hard links only in kiln: {sorted(g)}" for g in got - want_links]
     assert not problems, "kiln differs from BuildKit:\n" + "\n".join(problems)
     for config in (docker_cfg, kiln_cfg):
         history_layers_consistent(config)
@@ -528,6 +550,7 @@ RUN touch numeric-user
     os.chmod(ctx / "files" / "b.txt", 0o600)
     os.symlink("files/a.txt", ctx / "link-to-a")
     os.symlink("dir", ctx / "linkdir")
+    os.link(ctx / "files" / "b.txt", ctx / "files" / "b-hardlink.txt")
     os.symlink("/etc/passwd", ctx / "absolute-link")
     result = build_both(kiln, docker_engine, ctx, tmp_path, "files")
     oracle = result.docker.tree

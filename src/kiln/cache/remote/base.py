@@ -8,12 +8,12 @@ writes an export from a list of :class:`CacheEntry`.
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kiln import units
 from kiln.cache.remote.format import CacheEntry
 from kiln.cache.store import StepRecord
 from kiln.content import BlobLocator, BlobProvider, BlobStore
@@ -25,15 +25,6 @@ from kiln.solver.types import CacheHit
 COMMON_EXPORT_ATTRS = frozenset(
     {"mode", "compression", "compression-level", "force-compression", "ignore-error"}
 )
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: str, error: Callable[[], Exception]) -> int:
-    """``500MB``, ``2GB``, ``1.5g``, ``1024``: binary units, as Docker's ``RAMInBytes``."""
-    m = _SIZE_RE.match(value)
-    if not m:
-        raise error()
-    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +80,19 @@ class Attrs:
         value = self.values.get(key)
         if value is None:
             return None
-        return parse_size(
-            value, lambda: self.error(f"{key} must be a size like 500MB or 2GB, not {value!r}")
-        )
+        try:
+            return units.parse_size(value)
+        except ValueError as exc:
+            raise self.error(f"{key} must be a size like 500MB or 2GB, not {value!r}") from exc
+
+    def duration(self, key: str, default: float) -> float:
+        value = self.values.get(key)
+        if value is None:
+            return default
+        try:
+            return units.parse_duration(value)
+        except ValueError as exc:
+            raise self.error(f"{key} must be a duration like 10m or 90s, not {value!r}") from exc
 
     def export_options(self, *, max_allowed: bool = True) -> ExportOptions:
         mode = self.get("mode", "min")

@@ -9,31 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln import units
 from kiln.errors import UsageError
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 DEFAULT_MAX_SIZE = 10 * 10**9
 DEFAULT_MAX_AGE = 7 * 86400.0
@@ -41,25 +22,23 @@ DEFAULT_MAX_AGE = 7 * 86400.0
 
 def parse_size(text: str, *, name: str = "size") -> int:
     """``10GB`` → 10_000_000_000; ``1GiB`` → 1_073_741_824."""
-    m = _NUMBER.match(text)
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _SIZE_UNITS:
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
         raise UsageError(
             f"invalid {name} {text!r}",
             hint="use a number of bytes with an optional unit: 500MB, 10GB, 2GiB",
-        )
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+        ) from exc
 
 
 def parse_duration(text: str, *, name: str = "duration") -> float:
     """``7d`` → 604800.0 seconds."""
-    m = _NUMBER.match(text)
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _DURATION_UNITS:
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
         raise UsageError(
             f"invalid {name} {text!r}", hint="use a number with a unit: 45s, 30m, 12h, 7d, 2w"
-        )
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
