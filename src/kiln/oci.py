@@ -27,9 +27,6 @@ DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzi
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 
-# The diff ID of an empty tar (two zero blocks): a layer that changes nothing.
-EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
-
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 

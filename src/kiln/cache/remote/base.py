@@ -9,7 +9,7 @@ writes an export from a list of :class:`CacheEntry`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,6 +94,14 @@ class Attrs:
         except ValueError as exc:
             raise self.error(f"{key} must be a duration like 10m or 90s, not {value!r}") from exc
 
+    def manifest_form(self) -> tuple[bool, bool]:
+        """``image-manifest`` (default true) and ``oci-mediatypes`` (default true)."""
+        image_manifest = self.boolean("image-manifest", True)
+        oci = self.boolean("oci-mediatypes", True)
+        if image_manifest and not oci:
+            raise self.error("image-manifest=true requires oci-mediatypes=true")
+        return image_manifest, oci
+
     def export_options(self, *, max_allowed: bool = True) -> ExportOptions:
         mode = self.get("mode", "min")
         if mode not in ("min", "max"):
@@ -125,7 +133,8 @@ class CacheContext:
     client: Any  # kiln.registry.client.RegistryClient (kept loose: no import cycle)
     store: BlobStore
     locator: BlobLocator
-    warn: Any  # Callable[[str], None]
+    warn: Callable[[str], None]
+    stats: Any = None  # kiln.registry.stats.TransferStats, for backends with their own client
 
 
 class ImportedCache:

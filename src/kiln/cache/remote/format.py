@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,15 @@ def build_config(
                 layers.append(entry.layer)
         return layer_index[slot]
 
+    records = _records_json(ordered, index_of)
+    config: dict[str, Any] = {"layers": layers_json, "records": records}
+    return config, layers
+
+
+def _records_json(
+    ordered: list[CacheEntry], layer_index: Callable[[CacheEntry], int]
+) -> list[dict[str, Any]]:
+    """One record per entry: its key, a link to its parent's record, its layer."""
     record_index = {e.key: i for i, e in enumerate(ordered)}
     records: list[dict[str, Any]] = []
     for entry in ordered:
@@ -95,10 +104,9 @@ def build_config(
         if entry.parent in record_index:
             record["inputs"] = [[{"link": record_index[entry.parent]}]]
         if entry.layer is not None:
-            record["layers"] = [{"layer": index_of(entry), "createdAt": entry.created}]
+            record["layers"] = [{"layer": layer_index(entry), "createdAt": entry.created}]
         records.append(record)
-    config: dict[str, Any] = {"layers": layers_json, "records": records}
-    return config, layers
+    return records
 
 
 def build_inline(entries: Iterable[CacheEntry], image_layers: Sequence[Layer]) -> str:
@@ -106,27 +114,9 @@ def build_inline(entries: Iterable[CacheEntry], image_layers: Sequence[Layer]) -
     image's layer *i*."""
     positions = {layer.digest: i for i, layer in enumerate(image_layers)}
     ordered = [e for e in _sorted(entries) if e.layer is None or e.layer.digest in positions]
-    record_index = {e.key: i for i, e in enumerate(ordered)}
-    records: list[dict[str, Any]] = []
-    for entry in ordered:
-        record: dict[str, Any] = {"digest": entry.key}
-        if entry.parent in record_index:
-            record["inputs"] = [[{"link": record_index[entry.parent]}]]
-        if entry.layer is not None:
-            record["layers"] = [
-                {"layer": positions[entry.layer.digest], "createdAt": entry.created}
-            ]
-        records.append(record)
+    records = _records_json(ordered, lambda e: positions[e.layer.digest] if e.layer else -1)
     raw = json.dumps({"records": records}, sort_keys=True, separators=(",", ":"))
     return base64.b64encode(raw.encode()).decode()
-
-
-def layer_descriptor(desc: Descriptor, *, created: str | None = None) -> Descriptor:
-    """A manifest layer descriptor annotated as BuildKit does (diff ID, creation time)."""
-    annotations = dict(desc.annotations)
-    if created:
-        annotations.setdefault(ANNOTATION_CREATED, created)
-    return Descriptor(desc.media_type, desc.digest, desc.size, annotations)
 
 
 def parse_json(data: bytes, what: str) -> dict[str, Any]:

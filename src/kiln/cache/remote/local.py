@@ -128,10 +128,7 @@ class LocalBackend:
         attrs.check(
             COMMON_EXPORT_ATTRS | {"dest", "tag", "image-manifest", "oci-mediatypes", "max-size"}
         )
-        image_manifest = attrs.boolean("image-manifest", True)
-        oci = attrs.boolean("oci-mediatypes", True)
-        if image_manifest and not oci:
-            raise attrs.error("image-manifest=true requires oci-mediatypes=true")
+        image_manifest, oci = attrs.manifest_form()
         return LocalExport(
             Path(attrs.required("dest")),
             attrs.export_options(),

@@ -75,10 +75,7 @@ class RegistryBackend:
         attrs.check(
             COMMON_EXPORT_ATTRS | {"ref", "image-manifest", "oci-mediatypes", "registry.insecure"}
         )
-        image_manifest = attrs.boolean("image-manifest", True)
-        oci = attrs.boolean("oci-mediatypes", True)
-        if image_manifest and not oci:
-            raise attrs.error("image-manifest=true requires oci-mediatypes=true")
+        image_manifest, oci = attrs.manifest_form()
         return RegistryExport(
             _ref(attrs),
             attrs.export_options(),
