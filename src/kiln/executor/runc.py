@@ -122,7 +122,8 @@ class RuncExecutor:
 
 
 def _mount_destinations(spec: RunSpec) -> list[str]:
-    dests = ["/proc", "/dev", "/sys", "/etc/resolv.conf", "/etc/hosts"]
+    # /proc, /dev and /sys stay when the runtime creates them, as in BuildKit's layers
+    dests = ["/etc/resolv.conf", "/etc/hosts"]
     dests += [b.destination for b in spec.binds]
     dests += [t.destination for t in spec.tmpfs]
     return dests

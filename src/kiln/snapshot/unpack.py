@@ -1,6 +1,6 @@
 """Layer blob → directory, streaming, computing the diff ID on the way.
 
-Two targets:
+Three targets:
 
 - ``overlay``: *dest* is an empty directory that becomes an overlayfs lowerdir. A tar
   whiteout ``.wh.<name>`` becomes the character device 0/0 ``<name>``; the marker
@@ -9,6 +9,8 @@ Two targets:
 - ``apply``: *dest* is a plain root filesystem holding the layers below; a whiteout
   deletes the named path and an opaque marker deletes everything in its directory that
   this layer did not itself create (OCI image-spec "applying changesets").
+- ``extract``: a plain archive (``ADD app.tar.gz /opt/``): ``.wh.*`` names are ordinary
+  files, as BuildKit extracts them.
 
 Member names are untrusted. They are normalised (``./``, empty and ``.`` components
 dropped, a leading ``/`` meaning *dest*); a ``..`` that climbs above *dest* is refused. The
@@ -57,7 +59,7 @@ from kiln.snapshot.whiteouts import (
     mark_opaque,
 )
 
-Mode = Literal["overlay", "apply"]
+Mode = Literal["overlay", "apply", "extract"]
 
 COPY_SIZE = 1 << 20
 _MAX_SYMLINK_HOPS = 40  # Linux's limit for a path lookup
@@ -84,7 +86,7 @@ def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "
     one it expects. Raises :class:`KilnError` for a corrupt or unsafe layer and
     :class:`RuntimeFailure` when the filesystem refuses an operation.
     """
-    if mode not in ("overlay", "apply"):
+    if mode not in ("overlay", "apply", "extract"):
         raise ValueError(f"unknown unpack mode {mode!r}")
     root = os.path.abspath(dest)
     what = f"cannot unpack layer into {root}"
@@ -136,6 +138,7 @@ class _Unpacker:
     def __init__(self, root: str, mode: Mode) -> None:
         self.root = root
         self.overlay = mode == "overlay"
+        self.whiteouts = mode != "extract"  # ADD of a plain archive: .wh.* are just names
         self.dir_times: dict[str, int] = {}
         # apply mode: every path (resolved, relative) this layer created, which whiteouts
         # and opaque markers must leave alone
@@ -211,9 +214,9 @@ class _Unpacker:
         parts = _clean(h.name)
         if not parts:
             return  # the root itself: its metadata belongs to the snapshot, not the layer
-        if any(comp.startswith(WHITEOUT_META_PREFIX) for comp in parts[:-1]):
+        if self.whiteouts and any(comp.startswith(WHITEOUT_META_PREFIX) for comp in parts[:-1]):
             return  # inside AUFS bookkeeping (".wh..wh.plnk/…"): not part of the tree
-        kind = classify(parts[-1])
+        kind = classify(parts[-1]) if self.whiteouts else None
         if kind is not None:
             self._whiteout(kind[0], parts[:-1], kind[1], h)
             return

@@ -35,7 +35,7 @@ from kiln.frontend.base import (
 from kiln.oci import canonical_json, sha256_digest
 
 # Bump when the meaning of a key changes: old cache entries then simply stop matching.
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 
 def digest_of(structure: dict[str, Any]) -> str:
