@@ -389,3 +389,15 @@ def test_garbage_is_an_error(tmp_path: Path, blob: bytes) -> None:
 def test_unknown_mode_is_a_programming_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         unpack_layer(io.BytesIO(b""), "gzip", tmp_path, mode="merge")  # type: ignore[arg-type]
+
+
+def test_extract_mode_keeps_whiteout_names_as_files(tmp_path: Path) -> None:
+    """ADD of a plain archive: ``.wh.*`` entries are ordinary files, as in BuildKit."""
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("lower")
+    blob = tar(reg("keep.txt.new", b"x"), reg(".wh.keep.txt", b"plain"), reg("sub/.wh..wh..opq"))
+    unpack(dest, blob, mode="extract")
+    assert (dest / "keep.txt").read_text() == "lower"
+    assert (dest / ".wh.keep.txt").read_bytes() == b"plain"
+    assert (dest / "sub" / ".wh..wh..opq").is_file()
