@@ -241,7 +241,9 @@ def _is_archive(path: Path) -> bool:
 
 def _extract(archive: Path, target: Path, options: CopyOptions) -> None:
     with archive.open("rb") as raw:
-        unpack_layer(_tar_stream(raw, _compression(archive)), "uncompressed", target, mode="extract")
+        unpack_layer(
+            _tar_stream(raw, _compression(archive)), "uncompressed", target, mode="extract"
+        )
     if options.owner is not None:
         _chown_members(archive, target, options.owner)
 
