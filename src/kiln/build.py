@@ -43,7 +43,7 @@ from kiln.snapshot.snapshots import SnapshotStore
 from kiln.solver.solver import Solver
 from kiln.solver.types import BuildResult, Progress, SolveOptions
 from kiln.solver.urls import UrlFetcher
-from kiln.state import KilnRoot, default_root, write_atomic
+from kiln.state import KilnRoot, default_root, sweep_stale_sessions, write_atomic
 
 _ATTEMPTS = 3  # solves of one build (a corrupt cached blob makes another necessary)
 
@@ -141,6 +141,7 @@ def _insecure_hosts(options: BuildOptions) -> set[str]:
 
 def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
     root = KilnRoot(options.root or default_root()).ensure()
+    sweep_stale_sessions(root.tmp)
     blobs = BlobStore(root.blobs)
     locator = BlobLocator(blobs)
     stats = TransferStats()

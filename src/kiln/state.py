@@ -7,7 +7,11 @@ a half-written entry that could be mistaken for a complete one.
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -61,8 +65,61 @@ class KilnRoot:
         return self
 
     def tempdir(self, prefix: str) -> Path:
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+        """A scratch directory of this process (see :func:`sweep_stale_sessions`)."""
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=_session_dir(self.tmp)))
+
+
+_SESSIONS: dict[Path, tuple[Path, IO[str]]] = {}
+
+
+def _session_dir(tmp: Path) -> Path:
+    """This process's directory under ``tmp``, held by an exclusive lock while it lives."""
+    key = tmp.absolute()
+    if key not in _SESSIONS:
+        tmp.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"session-{os.getpid()}-", dir=tmp))
+        lock = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held open
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _SESSIONS[key] = (path, lock)
+        atexit.register(_end_session, path, lock)
+    return _SESSIONS[key][0]
+
+
+def _end_session(path: Path, lock: IO[str]) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    Path(lock.name).unlink(missing_ok=True)
+    lock.close()
+
+
+def sweep_stale_sessions(tmp: Path) -> int:
+    """Remove what killed kiln processes left behind (mounts, scratch files).
+
+    A session whose lock can be taken has no live owner: anything mounted below it is
+    unmounted, then it is deleted. Returns how many sessions were swept.
+    """
+    swept = 0
+    for lock_path in tmp.glob("session-*.lock") if tmp.is_dir() else []:
+        session = lock_path.with_suffix("")
+        try:
+            with open(lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _unmount_below(session)
+                shutil.rmtree(session, ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+                swept += 1
+        except BlockingIOError:
+            continue  # a live kiln process owns it
+    return swept
+
+
+def _unmount_below(path: Path) -> None:
+    prefix = str(path.absolute()) + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 @contextmanager

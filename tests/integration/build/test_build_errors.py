@@ -147,3 +147,39 @@ def test_truncated_local_blob_is_a_miss(kiln, busybox_image, registry, tmp_path:
     blobs[-1].write_bytes(b"trunc")
     run = kiln("build", "-t", f"{registry.host}/test/trunc:1", "--push", ctx, root=root).check()
     assert run.ran == ["build 2/2 RUN echo x > /x"]
+
+
+def test_a_killed_build_leaves_nothing_behind(busybox_image, tmp_path: Path, need_root):
+    """kill -9 in the middle of a RUN: the next kiln run unmounts and removes the debris,
+    and the step (never committed to the cache) simply runs again."""
+    import signal
+    import time
+
+    ctx = make_context(tmp_path / "ctx", f"FROM {busybox_image}\nRUN sleep 30 && echo done\n")
+    root = tmp_path / "root"
+    env = {**os.environ, "KILN_ROOT": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln.cli.main", "build", "--progress", "plain", str(ctx)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while str(root) not in Path("/proc/mounts").read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert str(root) in Path("/proc/mounts").read_text(), "the step never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["pkill", "-KILL", "-f", "sleep 30"], capture_output=True)
+    ctx2 = make_context(tmp_path / "ctx2", f"FROM {busybox_image}\nRUN true\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "kiln.cli.main", "build", "--progress", "plain", str(ctx2)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert str(root) not in Path("/proc/mounts").read_text()
+    assert list((root / "tmp").iterdir()) == []
+    assert not list((root / "cache" / "keys").glob("*.json"))[1:]  # only RUN true's entry
