@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.cache.remote.base import Backend, CacheContext
+from kiln.cache.remote.gha import GhaBackend, default_scope
 from kiln.cache.remote.inline import InlineBackend
 from kiln.cache.remote.local import LocalBackend
 from kiln.cache.remote.registry import RegistryBackend
@@ -44,8 +45,6 @@ from kiln.solver.solver import Solver
 from kiln.solver.types import BuildResult, Progress, SolveOptions
 from kiln.solver.urls import UrlFetcher
 from kiln.state import KilnRoot, default_root, sweep_stale_sessions, write_atomic
-
-_ATTEMPTS = 3  # solves of one build (a corrupt cached blob makes another necessary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +119,24 @@ def _context(options: BuildOptions, root: KilnRoot) -> tuple[BuildContext, Path]
     return BuildContext(ctx, IgnoreMatcher(patterns), memo_dir=root.path / "context"), dockerfile
 
 
-def cache_backends() -> dict[str, Backend]:
-    """The remote cache backends, by ``type=`` name."""
-    backends: list[Backend] = [RegistryBackend(), InlineBackend(), LocalBackend()]
+def cache_backends(gha_scope: str = "buildkit") -> dict[str, Backend]:
+    """The remote cache backends, by ``type=`` name (*gha_scope*: gha's default scope)."""
+    backends: list[Backend] = [
+        RegistryBackend(),
+        InlineBackend(),
+        LocalBackend(),
+        GhaBackend(gha_scope),
+    ]
     return {b.name: b for b in backends}
+
+
+def _gha_scope(options: BuildOptions, context: Path, dockerfile: Path, platform: str) -> str:
+    """gha's default scope: this build's context, Dockerfile, target and platform."""
+    cwd = Path.cwd()
+    ctx = context.relative_to(cwd) if context.is_relative_to(cwd) else Path(context.name)
+    return default_scope(str(ctx), str(dockerfile.relative_to(context))
+                         if dockerfile.is_relative_to(context) else dockerfile.name,
+                         options.target, platform)  # fmt: skip
 
 
 def _insecure_hosts(options: BuildOptions) -> set[str]:
@@ -159,9 +172,13 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         plan = planner.plan()
         for warning in plan.warnings:
             progress.message(f"WARNING: {warning}")
+        platform = plan_options.platform
+        scope = _gha_scope(options, context.root, dockerfile, str(platform))
         caches = RemoteCaches(
-            cache_backends(),
-            CacheContext(client, blobs, locator, lambda m: progress.message(f"WARNING: {m}")),
+            cache_backends(scope),
+            CacheContext(
+                client, blobs, locator, lambda m: progress.message(f"WARNING: {m}"), stats
+            ),
             options.cache_from,
             options.cache_to,
         )
@@ -175,7 +192,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
             source_date_epoch=options.source_date_epoch,
             secrets=options.secrets,
         )
-        for attempt in range(_ATTEMPTS):
+        while True:  # each pass forgets at least one corrupt cached blob, so this ends
             solver = Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
                             progress, solve_options, remote)  # fmt: skip
             try:
@@ -189,7 +206,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 break
             except CorruptBlobError as exc:
                 # a cached result whose blob is corrupt is never used: forget it, solve again
-                if attempt == _ATTEMPTS - 1 or not caches.invalidate(exc.digest):
+                if not caches.invalidate(exc.digest):
                     raise
                 blobs.remove(exc.digest)
                 progress.message(

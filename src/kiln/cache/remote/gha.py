@@ -1,0 +1,234 @@
+"""``type=gha``: the build cache in the GitHub Actions cache service (or ``kiln cache serve``).
+
+Layout as BuildKit's gha backend: each layer blob is an entry ``buildkit-blob-1-<digest>``
+(saved only when missing); the cache config, its layers annotated with media type, diff
+ID, size and creation time, is saved under ``index-<scope>-1-<8 hex of sha256(token
+scope)>#<n>`` — a new ``n`` per export, since entries are immutable. Import reads the
+newest index of every scope the token can read (this branch, then the base branch, then
+the default branch) and merges them in that order.
+
+Where BuildKit defaults ``scope`` to ``buildkit`` for every build (so the jobs of a
+matrix overwrite each other's index, moby/buildkit#2299), kiln derives the default scope
+from the build context, Dockerfile, target and platform; ``scope=buildkit`` restores
+BuildKit's behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.cache.remote.base import (
+    COMMON_EXPORT_ATTRS,
+    Attrs,
+    CacheContext,
+    ExportOptions,
+    ImportedCache,
+)
+from kiln.cache.remote.convert import convert_layers
+from kiln.cache.remote.format import (
+    CacheEntry,
+    CacheFormatError,
+    build_config,
+    parse_config,
+    parse_json,
+)
+from kiln.content import BlobStore, DigestMismatch
+from kiln.errors import CacheError, CorruptBlobError, KilnError
+from kiln.gha.client import GhaClient
+from kiln.image import ImageConfig
+from kiln.oci import Descriptor, Layer, canonical_json
+
+VERSION = "1"
+CATEGORY = "cache"
+_TRUE = ("1", "true", "yes", "on")
+_CONNECTION_ATTRS = {"scope", "url", "url_v2", "token", "version", "timeout"}
+# accepted for buildx compatibility (docker/build-push-action passes them); kiln lists
+# entries through the cache API itself and does not need a GitHub API token
+_IGNORED_ATTRS = {"repository", "ghtoken"}
+
+
+@dataclass(frozen=True, slots=True)
+class GhaConnection:
+    token: str
+    url: str | None
+    url_v2: str | None
+    api_version: int
+    timeout: float
+    scope: str | None  # None: derived from the build (see module docstring)
+
+    def client(self, ctx: CacheContext) -> GhaClient:
+        return GhaClient(
+            token=self.token,
+            url=self.url,
+            url_v2=self.url_v2,
+            api_version=self.api_version,
+            timeout=self.timeout,
+            stats=ctx.stats,
+            category=CATEGORY,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GhaImport:
+    connection: GhaConnection
+
+
+@dataclass(frozen=True, slots=True)
+class GhaExport:
+    connection: GhaConnection
+    options: ExportOptions
+
+
+def blob_key(digest: str) -> str:
+    return f"buildkit-blob-{VERSION}-{digest}"
+
+
+def index_prefix(scope: str, token_scope: str) -> str:
+    suffix = hashlib.sha256(token_scope.encode()).hexdigest()[:8]
+    return f"index-{scope}-{VERSION}-{suffix}"
+
+
+def _connection(attrs: Attrs) -> GhaConnection:
+    env = os.environ
+    version_text = attrs.get("version") or ("2" if env.get("ACTIONS_CACHE_SERVICE_V2", "").lower()
+                                             in _TRUE else "1")  # fmt: skip
+    if version_text not in ("1", "2"):
+        raise attrs.error(f"version must be 1 or 2, not {version_text!r}")
+    url = attrs.get("url") or env.get("ACTIONS_CACHE_URL") or env.get("ACTIONS_RESULTS_URL")
+    url_v2 = attrs.get("url_v2") or env.get("ACTIONS_RESULTS_URL")
+    token = attrs.get("token") or env.get("ACTIONS_RUNTIME_TOKEN", "")
+    api_version = int(version_text)
+    missing = []
+    if api_version == 1 and not url:
+        missing.append("ACTIONS_CACHE_URL (or url=)")
+    if api_version == 2 and not url_v2:
+        missing.append("ACTIONS_RESULTS_URL (or url_v2=)")
+    if not token:
+        missing.append("ACTIONS_RUNTIME_TOKEN (or token=)")
+    if missing:
+        raise attrs.error(
+            f"type=gha needs {' and '.join(missing)}",
+            hint="inside a GitHub workflow expose the runtime variables (e.g. with "
+            "crazy-max/ghaction-github-runtime); elsewhere run `kiln cache serve`, get a "
+            "token with `kiln cache token`, and pass url=http://HOST:PORT/,token=...",
+        )
+    scope = attrs.get("scope") or None
+    if scope is not None and ("," in scope or len(scope) > 200):
+        raise attrs.error("scope must be at most 200 characters and contain no comma")
+    return GhaConnection(token, url, url_v2, api_version, attrs.duration("timeout", 600.0),
+                         scope)  # fmt: skip
+
+
+class GhaBlobSource:
+    """Blobs of the gha cache: looked up by key, streamed, verified while stored."""
+
+    location = ""
+
+    def __init__(self, client: GhaClient) -> None:
+        self.client = client
+
+    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
+        entry = self.client.lookup(blob_key(desc.digest))
+        if entry is None:
+            raise CacheError(f"gha cache blob {desc.digest} is gone (evicted?)")
+        try:
+            with self.client.open(entry) as chunks, store.writer(desc.digest) as sink:
+                for chunk in chunks:
+                    sink.write(chunk)
+                    if sink.size > desc.size:
+                        raise CorruptBlobError(
+                            f"gha cache blob {desc.digest} is larger than {desc.size} bytes",
+                            digest=desc.digest,
+                        )
+        except DigestMismatch as exc:
+            raise CorruptBlobError(
+                f"gha cache blob {desc.digest} is corrupt", digest=desc.digest
+            ) from exc
+
+
+class GhaBackend:
+    name = "gha"
+
+    def __init__(self, default_scope: str = "buildkit") -> None:
+        self.default_scope = default_scope
+
+    def parse_import(self, attrs: Attrs) -> GhaImport:
+        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS)
+        return GhaImport(_connection(attrs))
+
+    def parse_export(self, attrs: Attrs) -> GhaExport:
+        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS)
+        return GhaExport(_connection(attrs), attrs.export_options())
+
+    def scope(self, connection: GhaConnection) -> str:
+        return connection.scope or self.default_scope
+
+    # ------------------------------------------------------------------ import
+    def load(self, spec: GhaImport, ctx: CacheContext) -> ImportedCache | None:
+        try:
+            client = spec.connection.client(ctx)
+            records: dict[str, Any] = {}
+            # token scopes in lookup order: earlier ones win on a key present in several
+            for token_scope in client.scopes:
+                prefix = index_prefix(self.scope(spec.connection), token_scope.name)
+                entry = client.load_mutable(prefix)
+                if entry is None:
+                    continue
+                raw = parse_json(client.read_bytes(entry, max_size=16 << 20), entry.key)
+                for key, record in parse_config(raw).items():
+                    records.setdefault(key, record)
+        except (KilnError, CacheFormatError) as exc:
+            ctx.warn(f"cannot import gha cache: {str(exc).splitlines()[0]}")
+            return None
+        if not records:
+            ctx.warn(
+                f"gha cache scope {self.scope(spec.connection)!r} is empty: building without it"
+            )
+            return None
+        return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
+                             ctx.locator)  # fmt: skip
+
+    def annotate_image(self, spec: Any, config: ImageConfig, entries: list[CacheEntry],
+                       layers: list[Layer]) -> None:  # fmt: skip
+        return None
+
+    # ------------------------------------------------------------------ export
+    def export(self, spec: GhaExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
+        with spec.connection.client(ctx) as client:
+            writable = [s for s in client.scopes if s.permission & 2]
+            if not writable:
+                raise CacheError(
+                    "the gha token cannot write to any cache scope",
+                    hint="a read-only token (e.g. a pull request's) can only import",
+                )
+            entries = convert_layers(entries, spec.options, ctx)
+            config, layers = build_config(entries, annotate=True)
+
+            def upload(layer: Layer) -> None:
+                key = blob_key(layer.digest)
+                if client.lookup(key) is not None:
+                    return  # already there: entries are immutable
+                ctx.locator.fetch(layer.blob)
+                client.save(key, ctx.store.path(layer.digest))
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for _ in pool.map(upload, layers):
+                    pass
+            prefix = index_prefix(self.scope(spec.connection), writable[0].name)
+            client.save_mutable(prefix, canonical_json(config))
+
+
+def default_scope(context: str, dockerfile: str, target: str | None, platform: str) -> str:
+    """A readable scope unique to one build of a matrix: context, Dockerfile, target,
+    platform (``.`` and ``Dockerfile`` left out when they are the defaults)."""
+    parts = [p for p in (context.strip("./"), dockerfile if dockerfile != "Dockerfile" else "",
+                         target or "", platform.replace("/", "-")) if p]  # fmt: skip
+    text = "-".join(parts)
+    clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-")
+    if len(clean) > 100:
+        clean = clean[:80] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"kiln-{clean}" if clean else "kiln"
