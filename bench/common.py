@@ -79,13 +79,15 @@ class Run:
     metadata: dict[str, Any]
 
 
-def kiln(*args: str | Path, root: Path, metadata: bool = True) -> Run:
+def kiln(
+    *args: str | Path, root: Path, metadata: bool = True, env: dict[str, str] | None = None
+) -> Run:
     """Run the kiln CLI in a subprocess; wall time, peak RSS (largest child) and metadata."""
     meta = root.parent / f"{root.name}.meta.json"
     argv = [sys.executable, "-m", "kiln.cli.main", *map(str, args)]
     if metadata and args and args[0] == "build":
         argv[4:4] = ["--metadata-file", str(meta), "--progress", "quiet"]
-    env = {**os.environ, "KILN_ROOT": str(root)}
+    env = {**os.environ, **(env or {}), "KILN_ROOT": str(root)}
     with tempfile.TemporaryFile() as err:
         start = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
