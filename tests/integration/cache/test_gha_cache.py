@@ -157,3 +157,24 @@ def test_corrupted_blob_is_never_used(kiln, busybox_image, gha_server_factory, c
     assert "corrupt" in run.stderr
     assert "app 3/4 RUN cat /tool > /app.txt" in run.ran
     assert (out / "app.txt").read_text() == "tool\n"
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_throttling_is_retried(
+    kiln, busybox_image, gha_server_factory, flaky_front, ctx: Path, tmp_path: Path, version
+):
+    """The service answers 429 (with Retry-After) for a while: kiln waits and succeeds."""
+    server = gha_server_factory()
+    front = flaky_front(server)
+    env = gha_env(server, server.token("refs/heads/main"), version)
+    key = "ACTIONS_RESULTS_URL" if version == "2" else "ACTIONS_CACHE_URL"
+    env[key] = front.url
+    flags = ["--build-arg", f"BASE={busybox_image}", "--target", "app",
+             "--cache-from", "type=gha", "--cache-to", "type=gha,mode=max,timeout=60s"]  # fmt: skip
+    front.fail_for(2.0, status=429, retry_after=1)
+    run = kiln("build", *flags, ctx, root=tmp_path / "a", env=env).check()
+    assert len(run.ran) == 4
+    throttled = [r for r in front.requests if r.status == 429]
+    assert throttled, "the front never throttled anything"
+    again = kiln("build", *flags, ctx, root=tmp_path / "b", env=env).check()
+    assert again.ran == []  # the export survived the throttling

@@ -136,7 +136,10 @@ class GhaBlobSource:
         if entry is None:
             raise CacheError(f"gha cache blob {desc.digest} is gone (evicted?)")
         try:
-            with self.client.open(entry) as chunks, store.writer(desc.digest) as sink:
+            with (
+                self.client.open(entry, layer=True) as chunks,
+                store.writer(desc.digest) as sink,
+            ):
                 for chunk in chunks:
                     sink.write(chunk)
                     if sink.size > desc.size:

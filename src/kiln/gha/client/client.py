@@ -102,10 +102,9 @@ class GhaClient:
             transport=transport,
             timeout=httpx.Timeout(per_try, connect=min(per_try, 30.0)),
             headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(
-                max_connections=max(parallel, 1) * 2 + 4,
-                max_keepalive_connections=max(parallel, 1) * 2,
-            ),
+            # callers bound concurrency (their threads, `parallel` per upload): no pool
+            # limit, so parallel saves never wait on each other for a connection
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 + 2 * parallel),
             follow_redirects=False,
         )
         self._requester = Requester(self._http, max(0.0, timeout), secrets=(token,))
@@ -122,6 +121,10 @@ class GhaClient:
     def _received(self, n: int) -> None:
         if self.stats is not None:
             self.stats.add_pulled(n, self.category)
+
+    def _received_layer(self, n: int) -> None:
+        if self.stats is not None:
+            self.stats.add_pulled(n, self.category, layer=True)
 
     # ----------------------------------------------------------------- lookups
     def lookup(
@@ -164,14 +167,16 @@ class GhaClient:
 
     # ----------------------------------------------------------------- downloads
     @contextmanager
-    def open(self, entry: GhaEntry) -> Iterator[Iterator[bytes]]:
-        """The bytes of *entry*, streamed (resuming with ``Range`` after a drop)."""
+    def open(self, entry: GhaEntry, *, layer: bool = False) -> Iterator[Iterator[bytes]]:
+        """The bytes of *entry*, streamed (resuming with ``Range`` after a drop); *layer*
+        counts them as layer bytes too."""
 
         def refresh() -> GhaEntry | None:
             fresh = self.lookup(entry.key, version=entry.version)
             return fresh if fresh is not None and fresh.key == entry.key else None
 
-        chunks = stream_entry(self._requester, entry, refresh=refresh, received=self._received)
+        received = self._received_layer if layer else self._received
+        chunks = stream_entry(self._requester, entry, refresh=refresh, received=received)
         try:
             yield chunks
         finally:

@@ -151,8 +151,8 @@ class Requester:
             delay = self.backoff.delay(attempt)
             attempt += 1
             after = retry_after(response.headers.get("retry-after"))
-            if after is not None:
-                delay = after
+            if after is not None:  # honoured, but never a busy loop on "Retry-After: 0"
+                delay = max(after, self.backoff.base)
             if response.status_code == 429:
                 self._hold(delay)
             log.debug(
