@@ -32,7 +32,7 @@ class _ScopeAction(argparse.Action):
         values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
-        from kiln.gha.server.tokens import READ, WRITE
+        from kiln.gha.scopes import READ, WRITE
 
         scopes: list[list[Any]] = list(getattr(namespace, "scopes", None) or [])
         if option_string == "--write":
@@ -103,8 +103,9 @@ def _secret_for(args: argparse.Namespace) -> bytes:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from kiln.gha.scopes import Scope
     from kiln.gha.server.settings import Keys, parse_duration
-    from kiln.gha.server.tokens import Scope, issue_token
+    from kiln.gha.server.tokens import issue_token
 
     scopes = [Scope(name, perm) for name, perm in (getattr(args, "scopes", None) or [])]
     if not scopes and not args.admin:

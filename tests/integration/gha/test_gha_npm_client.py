@@ -18,7 +18,7 @@ import httpx
 import pytest
 from tests.fixtures.gha import GhaServer, NpmHarness
 
-from kiln.gha.server.tokens import READ
+from kiln.gha.scopes import READ
 
 MODES = ["v1", "v2"]
 

@@ -6,8 +6,8 @@ import pytest
 from tests.fixtures.gha import AppHarness, Wire, token_for
 
 from kiln.errors import CacheError
+from kiln.gha.scopes import READ
 from kiln.gha.server.management import ManagementClient
-from kiln.gha.server.tokens import READ
 
 VERSION = "f" * 64
 

@@ -10,6 +10,7 @@ import pytest
 
 from kiln.cli.main import main
 from kiln.errors import UsageError
+from kiln.gha.scopes import READ, WRITE, Scope
 from kiln.gha.server.settings import (
     Keys,
     ServerSettings,
@@ -17,7 +18,7 @@ from kiln.gha.server.settings import (
     parse_duration,
     parse_size,
 )
-from kiln.gha.server.tokens import READ, WRITE, Scope, TokenError, issue_token, verify_token
+from kiln.gha.server.tokens import TokenError, issue_token, verify_token
 
 KEY = Keys.derive(b"0123456789abcdef0123").jwt
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from tests.fixtures.gha import AppHarness, Wire, token_for
 
-from kiln.gha.server.tokens import READ
+from kiln.gha.scopes import READ
 
 VERSION = "a" * 64
 

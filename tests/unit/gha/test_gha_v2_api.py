@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from tests.fixtures.gha import GO_VERSION, AppHarness, Wire, token_for
 
-from kiln.gha.server.tokens import READ
+from kiln.gha.scopes import READ
 
 NPM_VERSION = "c" * 64
 

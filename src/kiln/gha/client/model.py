@@ -5,29 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-READ = 1
-WRITE = 2
+from kiln.gha.scopes import READ, WRITE, Scope
+
+__all__ = ["GO_VERSION", "READ", "WRITE", "GhaEntry", "Scope"]
+
 
 # go-actions-cache (BuildKit's gha backend) sends one `version` for every key: the hex
 # sha256 of this fixed string (the npm client hashes the cached paths instead). Using the
 # same value lets kiln and BuildKit read each other's entries.
 GO_VERSION = hashlib.sha256(b"|go-actionscache-1.0").hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """One entry of the token's ``ac`` claim, in lookup order: 1 read, 2 write."""
-
-    name: str
-    permission: int
-
-    @property
-    def readable(self) -> bool:
-        return bool(self.permission & READ)
-
-    @property
-    def writable(self) -> bool:
-        return bool(self.permission & WRITE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,12 @@ from typing import Any
 
 from starlette.requests import Request
 
+from kiln.gha.scopes import READ, WRITE, Scope
 from kiln.gha.server import signing
 from kiln.gha.server.errors import Invalid, TooLarge, Unauthorized
 from kiln.gha.server.service import CacheService
 from kiln.gha.server.settings import ServerSettings
-from kiln.gha.server.tokens import READ, WRITE, Grant, Scope, TokenError, bearer, verify_token
+from kiln.gha.server.tokens import Grant, TokenError, bearer, verify_token
 
 
 @dataclass(frozen=True, slots=True)

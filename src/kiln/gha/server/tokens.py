@@ -14,27 +14,13 @@ from dataclasses import dataclass
 
 import jwt
 
-READ = 1
-WRITE = 2
+from kiln.gha.scopes import Scope
+
 ISSUER = "kiln-cache"
 
 
 class TokenError(Exception):
     """A missing, malformed, expired or forged token (the server answers 401)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    name: str
-    permission: int
-
-    @property
-    def readable(self) -> bool:
-        return bool(self.permission & READ)
-
-    @property
-    def writable(self) -> bool:
-        return bool(self.permission & WRITE)
 
 
 @dataclass(frozen=True, slots=True)
