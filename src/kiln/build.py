@@ -152,7 +152,15 @@ def _insecure_hosts(options: BuildOptions) -> set[str]:
     return hosts
 
 
+def _validate_names(options: BuildOptions) -> None:
+    """Every image name is checked before anything runs (not after a long build)."""
+    for output in options.outputs:
+        for name in getattr(output, "names", ()):
+            Reference.parse(name)
+
+
 def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
+    _validate_names(options)
     root = KilnRoot(options.root or default_root()).ensure()
     sweep_stale_sessions(root.tmp)
     blobs = BlobStore(root.blobs)

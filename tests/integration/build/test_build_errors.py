@@ -109,6 +109,7 @@ def test_unauthorised_registry_then_login(kiln, auth_registry, busybox_image, tm
         ("type=local,dest=x,colour=red", "unknown attribute 'colour'"),
         ("type=registry", "no image name"),
         ("type=oci,dest", "is not key=value"),
+        ("type=registry,name=example.com/Bad:1", "invalid image reference"),
     ],
 )
 def test_malformed_output(kiln, tmp_path: Path, spec: str, needle: str):
