@@ -31,10 +31,9 @@ from kiln.exporter.registry import push_image
 from kiln.frontend.base import ImageBase
 from kiln.frontend.context import BuildContext
 from kiln.frontend.dockerfile import parse_file
-from kiln.frontend.dockerignore import IgnoreMatcher, load_ignore_patterns
 from kiln.frontend.planner import Planner, PlanOptions
 from kiln.image import ImageConfig
-from kiln.oci import Platform, host_platform
+from kiln.oci import Layer, Platform, host_platform
 from kiln.registry.blobsource import RegistryBlobSource
 from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import DockerConfig
@@ -115,8 +114,7 @@ def _context(options: BuildOptions, root: KilnRoot) -> tuple[BuildContext, Path]
         raise KilnError(
             f"Dockerfile not found: {dockerfile}", hint="pass the right file with -f FILE"
         )
-    patterns = load_ignore_patterns(ctx, dockerfile)
-    return BuildContext(ctx, IgnoreMatcher(patterns), memo_dir=root.path / "context"), dockerfile
+    return BuildContext.open(ctx, dockerfile, memo_dir=root.path / "context"), dockerfile
 
 
 def cache_backends(gha_scope: str = "buildkit") -> dict[str, Backend]:
@@ -207,9 +205,9 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 result = solver.solve(plan)
                 config = result.target.config.clone()
                 caches.annotate_image(result, solver.lookup, config, result.target.layers)
-                oci = all(getattr(o, "oci_mediatypes", True) for o in options.outputs)
-                art = assemble(config, result.target.layers, oci=oci)
-                pushed = _export(options, art, result, client, locator, progress)
+                images = Images(config, result.target.layers)
+                art = images.get(_oci_default(options))
+                pushed = _export(options, images, client, locator, progress, root)
                 caches.export(result, solver.lookup)
                 break
             except CorruptBlobError as exc:
@@ -222,21 +220,48 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 )
     outcome = BuildOutcome(result, art, pushed, stats)
     if options.metadata_file is not None:
-        write_atomic(options.metadata_file, json.dumps(metadata(outcome), indent=2).encode())
+        try:
+            write_atomic(options.metadata_file, json.dumps(metadata(outcome), indent=2).encode())
+        except OSError as exc:
+            raise KilnError(f"cannot write --metadata-file {options.metadata_file}: {exc}") from exc
     return outcome
+
+
+def _oci_default(options: BuildOptions) -> bool:
+    """OCI media types unless every output asks for Docker's."""
+    flags = [o.oci_mediatypes for o in options.outputs if not isinstance(o, LocalOutput)]
+    return any(flags) if flags else True
+
+
+class Images:
+    """The final image, assembled once per media-type flavour the outputs ask for."""
+
+    def __init__(self, config: ImageConfig, layers: list[Layer]) -> None:
+        self.config = config
+        self.layers = layers
+        self._made: dict[bool, ImageArtifacts] = {}
+
+    def get(self, oci: bool) -> ImageArtifacts:
+        if oci not in self._made:
+            self._made[oci] = assemble(self.config, self.layers, oci=oci)
+        return self._made[oci]
 
 
 def _export(
     options: BuildOptions,
-    art: ImageArtifacts,
-    result: BuildResult,
+    images: Images,
     client: RegistryClient,
     locator: BlobLocator,
     progress: Progress,
+    root: KilnRoot,
 ) -> list[str]:
     pushed: list[str] = []
-    layers = result.target.layers
     for output in options.outputs:
+        if isinstance(output, LocalOutput):
+            progress.message(f"writing root filesystem to {output.dest}")
+            write_rootfs(images.layers, Path(output.dest), locator, root.tempdir("rootfs-"))
+            continue
+        art = images.get(output.oci_mediatypes)
         if isinstance(output, RegistryOutput):
             if not output.push:
                 continue
@@ -248,10 +273,6 @@ def _export(
             progress.message(f"writing {output.kind} archive {output.dest}")
             write_image_tar(art, Path(output.dest), kind=output.kind, names=output.names,
                             locator=locator)  # fmt: skip
-        else:
-            assert isinstance(output, LocalOutput)
-            progress.message(f"writing root filesystem to {output.dest}")
-            write_rootfs(layers, Path(output.dest), locator)
     return pushed
 
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +88,7 @@ class BlobStore:
                 w = BlobWriter(fh)
                 yield w
                 fh.flush()
+                os.fsync(fh.fileno())  # durable before it is visible under its digest
             if expected is not None and w.digest != expected:
                 raise DigestMismatch(expected, w.digest)
             os.replace(tmp, self.path(w.digest))
@@ -99,12 +100,6 @@ class BlobStore:
     def put(self, data: bytes, expected: str | None = None) -> str:
         with self.writer(expected) as w:
             w.write(data)
-        return w.digest
-
-    def put_stream(self, chunks: Iterable[bytes], expected: str | None = None) -> str:
-        with self.writer(expected) as w:
-            for chunk in chunks:
-                w.write(chunk)
         return w.digest
 
     def verify(self, digest: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -77,9 +78,12 @@ def _session_dir(tmp: Path) -> Path:
     key = tmp.absolute()
     if key not in _SESSIONS:
         tmp.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"session-{os.getpid()}-", dir=tmp))
-        lock = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held open
+        # the lock is taken before the directory exists, so a sweep never sees it unlocked
+        name = f"session-{os.getpid()}-{secrets.token_hex(6)}"
+        lock = open(tmp / f"{name}.lock", "w")  # noqa: SIM115 - held open
         fcntl.flock(lock, fcntl.LOCK_EX)
+        path = tmp / name
+        path.mkdir()
         _SESSIONS[key] = (path, lock)
         atexit.register(_end_session, path, lock)
     return _SESSIONS[key][0]

@@ -69,21 +69,19 @@ def copy_sources(
     created_mode = _created_dir_mode(options)
     for match in matches:
         if options.extract_archives and not match.is_dir and _is_archive(match.abs_path):
-            target = mkdir_p(rootfs, dest, created_owner)  # 0755 whatever --chmod says
-            _extract(match.abs_path, target, options)
+            extract_to = mkdir_p(rootfs, dest, created_owner)  # 0755 whatever --chmod says
+            _extract(match.abs_path, extract_to, options)
             continue
         if match.is_dir:
             # the directory's contents go into dest; dest itself is made like any missing
             # parent and an existing one is left as it is: the source directory's own mode
             # and owner never reach it
-            target = mkdir_p(rootfs, dest, created_owner, created_mode)
-            _copy_entries(source.walk(match), target, options, skip_root=True)
+            mkdir_p(rootfs, dest, created_owner, created_mode)
+            _copy_entries(source.walk(match), rootfs, dest, options, skip_root=True)
             continue
-        parent_dir, name = _file_destination(
-            rootfs, dest, match, dest_is_dir_hint, created_owner, created_mode
-        )
-        entries = list(source.walk(match))
-        _copy_entries(entries, parent_dir / name, options, skip_root=False)
+        target = _file_destination(rootfs, dest, match, dest_is_dir_hint, created_owner,
+                                   created_mode)  # fmt: skip
+        _copy_entries(source.walk(match), rootfs, target, options, skip_root=False)
 
 
 def _created_dir_mode(options: CopyOptions) -> int:
@@ -95,28 +93,47 @@ def _created_dir_mode(options: CopyOptions) -> int:
 
 def _file_destination(
     rootfs: Path, dest: str, match: SourceMatch, dir_hint: bool, owner: Identity, mode: int
-) -> tuple[Path, str]:
-    host_dest = resolve_in_root(rootfs, dest)
-    if dir_hint or host_dest.is_dir():
-        name = os.path.basename(match.rel_path.rstrip("/"))
-        return mkdir_p(rootfs, dest, owner, mode), name
+) -> str:
+    """The container path a single file is copied to (its parent is created)."""
+    if dir_hint or resolve_in_root(rootfs, dest).is_dir():
+        mkdir_p(rootfs, dest, owner, mode)
+        return dest.rstrip("/") + "/" + os.path.basename(match.rel_path.rstrip("/"))
     parent, _, name = dest.rstrip("/").rpartition("/")
-    return mkdir_p(rootfs, parent or "/", owner, mode), name
+    mkdir_p(rootfs, parent or "/", owner, mode)
+    return f"{parent}/{name}"
+
+
+def _host_path(rootfs: Path, path: str, *, is_dir: bool) -> Path:
+    """Where container path *path* lives on the host: parents resolved inside *rootfs*
+    (a symlink in the image can never lead a copy outside it); the last component is
+    followed only for directories (copying into a symlinked directory, as BuildKit)."""
+    if is_dir:
+        return resolve_in_root(rootfs, path)
+    head, _, name = path.rstrip("/").rpartition("/")
+    return resolve_in_root(rootfs, head or "/") / name
 
 
 def _copy_entries(
-    entries: Iterable[ContextEntry], target_root: Path, options: CopyOptions, *, skip_root: bool
+    entries: Iterable[ContextEntry],
+    rootfs: Path,
+    target_root: str,
+    options: CopyOptions,
+    *,
+    skip_root: bool,
 ) -> None:
+    """Copy *entries* (relative to their source) to container path *target_root*."""
     dirs: list[tuple[Path, ContextEntry]] = []
     # files hard-linked to each other in the source stay linked in the copy (BuildKit)
     linked: dict[tuple[int, int], Path] = {}
+    base = target_root.rstrip("/")
     for entry in entries:
         if skip_root and not entry.rel:
             continue
-        target = target_root / entry.rel if entry.rel else target_root
+        container_path = f"{base}/{entry.rel}" if entry.rel else (base or "/")
+        target = _host_path(rootfs, container_path, is_dir=entry.kind == "dir")
         st = os.lstat(entry.abs_path)
         if entry.kind == "dir":
-            if os.path.lexists(target) and not target.is_dir():
+            if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
                 target.unlink()
             target.mkdir(exist_ok=True)
             dirs.append((target, entry))
@@ -160,23 +177,36 @@ def _set_owner_mode(target: Path, st: os.stat_result, kind: str, options: CopyOp
     os.chmod(target, mode)
 
 
+def _new_file(rootfs: Path, dest: str, name: str, options: CopyOptions, *, into: bool) -> Path:
+    """The host path of a file a COPY/ADD creates: ``dest/<name>`` when *into* or when
+    dest ends with ``/`` or is a directory, else dest itself; parents are created."""
+    owner = options.owner or Identity(0, 0)
+    dir_mode = _created_dir_mode(options)
+    if into or dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
+        parent = dest
+    else:
+        head, _, name = dest.rstrip("/").rpartition("/")
+        parent = head or "/"
+    mkdir_p(rootfs, parent, owner, dir_mode)
+    target = _host_path(rootfs, f"{parent.rstrip('/')}/{name}", is_dir=False)
+    _replace(target)
+    return target
+
+
+def _finish_file(target: Path, options: CopyOptions, default_mode: int) -> None:
+    owner = options.owner or Identity(0, 0)
+    os.lchown(target, owner.uid, owner.gid)
+    os.chmod(target, options.chmod if options.chmod is not None else default_mode)
+
+
 def write_inline(
     rootfs: Path, dest: str, files: Iterable[tuple[str, str]], options: CopyOptions, *, many: bool
 ) -> None:
     """Heredoc sources: each becomes a file (0644 unless --chmod)."""
-    owner = options.owner or Identity(0, 0)
-    dir_mode = _created_dir_mode(options)
     for name, content in files:
-        if many or dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
-            parent, filename = mkdir_p(rootfs, dest, owner, dir_mode), name
-        else:
-            head, _, filename = dest.rstrip("/").rpartition("/")
-            parent = mkdir_p(rootfs, head or "/", owner, dir_mode)
-        target = parent / filename
-        _replace(target)
+        target = _new_file(rootfs, dest, name, options, into=many)
         target.write_text(content)
-        os.lchown(target, owner.uid, owner.gid)
-        os.chmod(target, options.chmod if options.chmod is not None else 0o644)
+        _finish_file(target, options, 0o644)
 
 
 def place_download(
@@ -184,18 +214,9 @@ def place_download(
     options: CopyOptions,
 ) -> None:  # fmt: skip
     """ADD <url>: the file lands at dest (or dest/<filename>), mode 0600 unless --chmod."""
-    owner = options.owner or Identity(0, 0)
-    dir_mode = _created_dir_mode(options)
-    if dest.endswith("/") or resolve_in_root(rootfs, dest).is_dir():
-        parent, name = mkdir_p(rootfs, dest, owner, dir_mode), filename
-    else:
-        head, _, name = dest.rstrip("/").rpartition("/")
-        parent = mkdir_p(rootfs, head or "/", owner, dir_mode)
-    target = parent / name
-    _replace(target)
+    target = _new_file(rootfs, dest, filename, options, into=False)
     shutil.copyfile(downloaded, target)
-    os.lchown(target, owner.uid, owner.gid)
-    os.chmod(target, options.chmod if options.chmod is not None else 0o600)
+    _finish_file(target, options, 0o600)
     when = mtime if mtime is not None else time.time()
     os.utime(target, (when, when))
 

@@ -8,7 +8,6 @@ write host files (the idea of Go's ``securejoin``).
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 
 _MAX_LINKS = 255
@@ -38,8 +37,3 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
-
-
-def container_join(base: str, path: str) -> str:
-    """Join a container path to a base directory and normalise it."""
-    return posixpath.normpath(posixpath.join(base or "/", path))

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import uuid
@@ -47,6 +48,7 @@ class RuncExecutor:
         self.runtime = runtime or find_runtime()
         self._lock = threading.Lock()
         self._running: set[str] = set()
+        self._cancelled = False
 
     def run(self, spec: RunSpec, output: OutputSink, *, description: str) -> None:
         """Run *spec*; raise :class:`StepFailedError` with the output's tail on failure."""
@@ -108,8 +110,14 @@ class RuncExecutor:
             capture_output=True,
         )
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def kill_all(self) -> None:
+        """Stop every running step and refuse to start new ones (a failed build)."""
         with self._lock:
+            self._cancelled = True
             ids = list(self._running)
         for cid in ids:
             self.kill(cid)
@@ -129,33 +137,33 @@ def _mount_destinations(spec: RunSpec) -> list[str]:
     return dests
 
 
-def _missing_mount_points(spec: RunSpec) -> list[Path]:
-    """The top-most missing component of every mount destination (the runtime makes them)."""
-    stubs: list[Path] = []
+def _missing_mount_points(spec: RunSpec) -> list[str]:
+    """Container paths the runtime will create for mount points (missing components of
+    every mount destination, outermost first)."""
+    created: list[str] = []
     for dest in _mount_destinations(spec):
         parts = [p for p in dest.split("/") if p]
         for i in range(1, len(parts) + 1):
-            candidate = resolve_in_root(spec.rootfs, "/" + "/".join(parts[:i]), follow_last=False)
-            if not os.path.lexists(candidate):
-                if candidate not in stubs:
-                    stubs.append(candidate)
-                break
-    return stubs
+            path = "/" + "/".join(parts[:i])
+            if path not in created and not os.path.lexists(
+                resolve_in_root(spec.rootfs, path, follow_last=False)
+            ):
+                created.append(path)
+    return created
 
 
-def _remove_stubs(rootfs: Path, stubs: list[Path]) -> None:
-    for stub in stubs:
+def _remove_stubs(rootfs: Path, created: list[str]) -> None:
+    """Undo what the runtime created, innermost first, and only what is still an empty
+    directory or an empty regular file: the step's own files are never touched, and
+    paths are resolved again (the step may have replaced a directory by a symlink)."""
+    for path in sorted(created, key=lambda p: p.count("/"), reverse=True):
+        host = resolve_in_root(rootfs, path, follow_last=False)
+        try:
+            st = os.lstat(host)
+        except OSError:
+            continue
         with contextlib.suppress(OSError):
-            if stub.is_dir() and not stub.is_symlink():
-                _remove_empty_tree(stub)
-            elif stub.is_file() and stub.stat().st_size == 0:
-                stub.unlink()
-
-
-def _remove_empty_tree(path: Path) -> None:
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            _remove_empty_tree(child)
-        elif child.is_file() and child.stat().st_size == 0:
-            child.unlink()
-    path.rmdir()
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(host)  # fails unless empty
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(host)

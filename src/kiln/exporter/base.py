@@ -37,16 +37,14 @@ class LocalOutput:
 Output = RegistryOutput | TarOutput | LocalOutput
 
 _ATTRS = {
-    "registry": {"name", "push", "oci-mediatypes", "registry.insecure", "compression",
-                 "compression-level", "force-compression"},
-    "image": {"name", "push", "oci-mediatypes", "registry.insecure", "compression",
-              "compression-level", "force-compression"},
-    "oci": {"dest", "name", "oci-mediatypes", "compression", "compression-level",
-            "force-compression", "tar"},
-    "docker": {"dest", "name", "oci-mediatypes", "compression", "compression-level",
-               "force-compression", "tar"},
+    "registry": {"name", "push", "oci-mediatypes", "registry.insecure"},
+    "image": {"name", "push", "oci-mediatypes", "registry.insecure"},
+    "oci": {"dest", "name", "oci-mediatypes"},
+    "docker": {"dest", "name", "oci-mediatypes"},
     "local": {"dest"},
-}  # fmt: skip
+}
+# buildx takes these per output; kiln compresses layers once, for every output
+_COMPRESSION_ATTRS = {"compression", "compression-level", "force-compression"}
 
 
 def split_attrs(text: str, *, flag: str) -> dict[str, str]:
@@ -90,6 +88,11 @@ def parse_output(text: str, tags: tuple[str, ...]) -> Output:
         raise UsageError(
             f"--output {text!r}: unknown type {kind!r}",
             hint="known types: " + ", ".join(sorted(_ATTRS)),
+        )
+    if set(attrs) & _COMPRESSION_ATTRS:
+        raise UsageError(
+            f"--output {text!r}: compression is set for the whole build, not per output",
+            hint="use kiln build --compression gzip|zstd|uncompressed",
         )
     unknown = sorted(set(attrs) - _ATTRS[kind])
     if unknown:

@@ -1,13 +1,15 @@
-"""``type=local``: the final root filesystem written to a directory.
+"""``type=local``: the final root filesystem written into a directory.
 
-Layers are applied in order into a fresh directory next to the destination (whiteouts
-remove what lower layers added), which then replaces the destination's content.
+As buildx, the files are merged into ``dest`` (which may be ``.``): existing entries with
+the same names are overwritten, nothing else there is touched or removed. Layers are
+applied in order into a scratch directory first (whiteouts remove what lower layers
+added), which is then copied over with ``cp -a``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from kiln.content import BlobLocator
@@ -16,27 +18,27 @@ from kiln.oci import Layer, compression_of
 from kiln.snapshot.unpack import unpack_layer
 
 
-def write_rootfs(layers: list[Layer], dest: Path, locator: BlobLocator) -> None:
+def write_rootfs(layers: list[Layer], dest: Path, locator: BlobLocator, scratch: Path) -> None:
+    """Apply *layers* in *scratch* (an empty directory), then merge the result into *dest*."""
     dest = dest.absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.kiln-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if dest.exists() and not dest.is_dir():
+        raise KilnError(f"--output type=local: {dest} exists and is not a directory")
+    tree = scratch / "rootfs"
+    tree.mkdir()
     try:
         for layer in layers:
             locator.fetch(layer.blob)
             with locator.store.path(layer.digest).open("rb") as fh:
-                unpack_layer(fh, compression_of(layer.blob.media_type), tmp, mode="apply")
-        if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.kiln-old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        elif os.path.lexists(dest):
-            raise KilnError(f"--output type=local: {dest} exists and is not a directory")
-        else:
-            os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                unpack_layer(fh, compression_of(layer.blob.media_type), tree, mode="apply")
+        dest.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            ["cp", "-a", "--remove-destination", f"{tree}/.", str(dest)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise KilnError(f"cannot write the root filesystem to {dest}", why=proc.stderr.strip())
+    except OSError as exc:
+        raise KilnError(f"cannot write the root filesystem to {dest}: {exc}") from exc
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)

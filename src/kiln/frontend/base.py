@@ -100,6 +100,8 @@ class ExecOp:
     mounts: tuple[Mount, ...] = ()
     # heredoc scripts made available to the process: (path in container, content, mode)
     files: tuple[tuple[str, str, int], ...] = ()
+    # proxy build args: in the environment, but not in the cache key (as BuildKit)
+    proxy_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +149,6 @@ class CopyOp:
     chmod: str | None = None
     link: bool = False
     add: bool = False  # ADD: extract local archives
-    parents: bool = False
-    excludes: tuple[str, ...] = ()
-    keep_git_dir: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,15 +200,9 @@ class StagePlan:
     index: int
     name: str | None
     base: Base
-    platform_text: str
     steps: list[Step] = field(default_factory=list)
     config: ImageConfig | None = None  # final config (history without timestamps)
-    base_text: str = ""
     line: int = 0
-
-    @property
-    def display_name(self) -> str:
-        return self.name or f"stage-{self.index}"
 
     def dependencies(self) -> set[int]:
         deps = {d for s in self.steps for d in s.depends_on()}

@@ -59,13 +59,21 @@ def _step(st: StageState, ins: Instruction, op: Op, created_by: str) -> None:
 # ---------------------------------------------------------------------------- metadata
 
 
-def _arg(p: Planner, st: StageState, ins: Instruction) -> None:
-    committed = []
+def split_arg(ins: Instruction, p: Planner) -> list[tuple[str, str | None]]:
+    """``ARG A B=x`` → [("A", None), ("B", "x")] (defaults not yet expanded)."""
+    out: list[tuple[str, str | None]] = []
     for item in ins.value:
         name, eq, default = item.partition("=")
         if not name:
             raise p.error("ARG needs a name", ins.line)
-        p.arg_declared(name, default if eq else None, st, ins.line)
+        out.append((name, default if eq else None))
+    return out
+
+
+def _arg(p: Planner, st: StageState, ins: Instruction) -> None:
+    committed = []
+    for name, default in split_arg(ins, p):
+        p.arg_declared(name, default, st, ins.line)
         value = st.args[name]
         committed.append(name if value is None else f"{name}={value}")
     # as BuildKit: one history entry per ARG instruction, with the values in effect
@@ -300,7 +308,6 @@ def _run(p: Planner, st: StageState, ins: Instruction) -> None:
     env_keys = {e.partition("=")[0] for e in env}
     arg_env = [f"{k}={v}" for k, v in st.arg_values().items()]
     env += [e for e in arg_env if e.partition("=")[0] not in env_keys]
-    env += p.proxy_env(st)
     op = ExecOp(
         args=tuple(args),
         env=tuple(env),
@@ -309,6 +316,7 @@ def _run(p: Planner, st: StageState, ins: Instruction) -> None:
         network=network,
         mounts=mounts,
         files=files,
+        proxy_env=tuple(p.proxy_env(st)),
     )
     prefix = f"|{len(arg_env)} {' '.join(arg_env)} " if arg_env else ""
     _step(st, ins, op, f"RUN {prefix}{' '.join(args)} # buildkit")

@@ -29,7 +29,7 @@ from kiln.frontend.context import BuildContext
 from kiln.frontend.dockerfile import Instruction, ParsedDockerfile, RawStage, parse_instruction_text
 from kiln.frontend.shell_words import PREDEFINED_ARGS, WordError, WordExpander, parse_key_values
 from kiln.image import ImageConfig
-from kiln.oci import Platform
+from kiln.oci import Platform, host_platform
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -79,6 +79,17 @@ class StageState:
         return env
 
 
+def platform_args(target: Platform, build: Platform) -> dict[str, str]:
+    """BuildKit's automatic platform ARGs (BUILDPLATFORM, TARGETARCH, ...)."""
+    out: dict[str, str] = {}
+    for prefix, p in (("BUILD", build), ("TARGET", target)):
+        out[f"{prefix}PLATFORM"] = str(p)
+        out[f"{prefix}OS"] = p.os
+        out[f"{prefix}ARCH"] = p.architecture
+        out[f"{prefix}VARIANT"] = p.variant
+    return out
+
+
 class Planner:
     def __init__(
         self,
@@ -97,6 +108,7 @@ class Planner:
         self.words = WordExpander(parsed.escape)
         self.used_args: set[str] = set()
         self.meta: dict[str, str | None] = {}
+        self.automatic = platform_args(options.platform, host_platform())
         self.stages: dict[int, StagePlan] = {}
         self._planning: set[int] = set()
         self._images: dict[str, ImageBase] = {}
@@ -185,7 +197,7 @@ class Planner:
         elif name in self.meta:
             value = self.meta[name]
         else:
-            value = None
+            value = self.automatic.get(name)
         state.args[name] = value
 
     def proxy_env(self, state: StageState) -> list[str]:
@@ -199,24 +211,20 @@ class Planner:
     # ------------------------------------------------------------------ meta args and target
     def _eval_meta_args(self) -> None:
         for ins in self.parsed.meta_args:
-            for name, default in self._arg_pairs(ins, self._meta_env()):
+            for name, default in instructions.split_arg(ins, self):
                 if name in self.options.build_args:
                     self.used_args.add(name)
                     self.meta[name] = self.options.build_args[name]
+                elif default is not None:  # later ARGs on the line see earlier ones
+                    self.meta[name] = self.expand(default, self._meta_env(), ins.line)
                 else:
-                    self.meta[name] = default
+                    self.meta[name] = self.automatic.get(name)
 
     def _meta_env(self) -> dict[str, str]:
-        return {k: v for k, v in self.meta.items() if v is not None}
-
-    def _arg_pairs(self, ins: Instruction, env: Mapping[str, str]) -> list[tuple[str, str | None]]:
-        out: list[tuple[str, str | None]] = []
-        for item in ins.value:
-            name, eq, default = item.partition("=")
-            if not name:
-                raise self.error("ARG needs a name", ins.line)
-            out.append((name, self.expand(default, env, ins.line) if eq else None))
-        return out
+        """FROM lines see the global ARGs and the automatic platform ARGs."""
+        env = dict(self.automatic)
+        env.update({k: v for k, v in self.meta.items() if v is not None})
+        return env
 
     def _target_index(self) -> int:
         target = self.options.target
@@ -245,8 +253,6 @@ class Planner:
             index=index,
             name=raw.name,
             base=base,
-            platform_text=str(self.options.platform),
-            base_text=raw.from_text,
             line=raw.line,
         )
         display = plan.name or (f"stage-{index}" if multi else "build")

@@ -61,15 +61,3 @@ def unmount(target: Path) -> None:
         lazy = subprocess.run(["umount", "-l", str(target)], capture_output=True, text=True)
         if lazy.returncode != 0:
             raise RuntimeFailure(f"cannot unmount {target}", why=proc.stderr.strip())
-
-
-def bind_mount(source: Path, target: Path, *, readonly: bool = True) -> None:
-    proc = subprocess.run(
-        ["mount", "--bind", str(source), str(target)], capture_output=True, text=True
-    )
-    if proc.returncode == 0 and readonly:
-        proc = subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(target)], capture_output=True, text=True
-        )
-    if proc.returncode != 0:
-        raise RuntimeFailure(f"cannot bind-mount {source} at {target}", why=proc.stderr.strip())

@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kiln.content import BlobStore
@@ -62,11 +63,11 @@ class SnapshotStore:
     def _link(self, diff_id: str) -> None:
         link = self.root / self.link_name(diff_id)
         if not link.is_symlink():
-            tmp = link.with_name(link.name + ".tmp")
+            tmp = link.with_name(f"{link.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             tmp.symlink_to("../" + digest_hex(diff_id))
-            os.replace(tmp, link)
+            os.replace(tmp, link)  # atomic; a concurrent caller's identical link is fine
 
     def ensure(self, layer: Layer, fetch: BlobFetcher) -> Path:
         """The unpacked snapshot of *layer*, unpacking (and fetching) it if needed."""
@@ -109,7 +110,12 @@ class SnapshotStore:
         self._link(diff_id)
 
     def lowers(self, chain: Sequence[Layer], fetch: BlobFetcher) -> list[str]:
-        """Overlay lowerdir names for *chain* (bottom layer first), top-most first."""
+        """Overlay lowerdir names for *chain* (bottom layer first), top-most first; missing
+        layers are fetched and unpacked in parallel."""
+        missing = [layer for layer in chain if not self.exists(layer.diff_id)]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(max_workers=min(4, len(missing))) as pool:
+                list(pool.map(lambda layer: self.ensure(layer, fetch), missing))
         for layer in chain:
             self.ensure(layer, fetch)
         return [self.link_name(layer.diff_id) for layer in reversed(chain)]

@@ -52,7 +52,7 @@ class StageKeys:
         return self.steps[-1] if self.steps else self.base
 
 
-def compute_keys(plan: BuildPlan) -> dict[int, StageKeys]:
+def compute_keys(plan: BuildPlan, source_date_epoch: int | None = None) -> dict[int, StageKeys]:
     """Keys of every step of every planned stage (dependencies first)."""
     keys: dict[int, StageKeys] = {}
     for index in plan.needed_order():
@@ -61,13 +61,14 @@ def compute_keys(plan: BuildPlan) -> dict[int, StageKeys]:
         base = parent
         steps = []
         for step in stage.steps:
-            parent = digest_of(
-                {
-                    "v": KEY_VERSION,
-                    "parent": parent,  # the filesystem the step starts from
-                    "op": op_fields(step.op, keys),  # what the step does, fully expanded
-                }
-            )
+            fields = {
+                "v": KEY_VERSION,
+                "parent": parent,  # the filesystem the step starts from
+                "op": op_fields(step.op, keys),  # what the step does, fully expanded
+            }
+            if source_date_epoch is not None:
+                fields["epoch"] = source_date_epoch  # clamps the layer's file times
+            parent = digest_of(fields)
             steps.append(parent)
         keys[index] = StageKeys(base, tuple(steps))
     return keys
@@ -87,7 +88,7 @@ def op_fields(op: Op, keys: dict[int, StageKeys]) -> dict[str, Any]:
         return {
             "type": "exec",
             "args": list(op.args),  # the command line
-            "env": list(op.env),  # environment incl. ARG values and proxy args
+            "env": list(op.env),  # environment incl. ARG values (not proxy args, as BuildKit)
             "user": op.user,  # resolved through the image's passwd at run time
             "workdir": op.workdir,
             "network": op.network,  # none vs host can change what a step produces

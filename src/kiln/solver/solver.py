@@ -9,6 +9,7 @@ filesystem, and only then are the parent layers unpacked (and fetched if they ar
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -72,7 +73,7 @@ class Solver:
     # ------------------------------------------------------------------ entry point
     def solve(self, plan: BuildPlan) -> BuildResult:
         self.plan = plan
-        self.keys: dict[int, StageKeys] = compute_keys(plan)
+        self.keys: dict[int, StageKeys] = compute_keys(plan, self.options.source_date_epoch)
         needed = plan.needed_order()
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(needed)), thread_name_prefix="stage")
         self.runner.stage_result = self._stage_result
@@ -124,13 +125,12 @@ class Solver:
             parent = self._stage_result(base.stage)
             chain = list(parent.layers)
             inherited = parent.config.history
-            config.history[: len(inherited)] = [h for h in parent.config.clone().history]
+            config.history[: len(inherited)] = copy.deepcopy(inherited)
         elif isinstance(base, ImageBase):
             chain = self.runner.image_layers(base)
         else:
             assert isinstance(base, ScratchBase)
             chain = []
-        base_count = len(chain)
         hits = [self.lookup(k) for k in keys.steps]
         first_miss = next((i for i, h in enumerate(hits) if h is None), len(hits))
         for step in stage.steps[first_miss:]:
@@ -147,7 +147,7 @@ class Solver:
             step_results.append((key, record.layer))
         _fill_history_times(config, self._build_time)
         config.diff_ids = [layer.diff_id for layer in chain]
-        return StageResult(index, keys.final, chain, config, step_results, base_count)
+        return StageResult(index, keys.final, chain, config, step_results)
 
     def _run_or_reuse(
         self, step: Step, key: str, hit: CacheHit | None, chain: list[Layer]
@@ -160,6 +160,8 @@ class Solver:
             return hit.record
         for dep in step.depends_on():
             self._stage_result(dep)  # wait for what this step reads before it starts
+        if self.runner.executor.cancelled:
+            raise KilnError("the build was cancelled: another step failed")
         started = time.monotonic()
         self.progress.step_started(step)
         try:

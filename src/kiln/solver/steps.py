@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
-import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,11 +14,9 @@ from kiln.errors import ContextError, KilnError
 from kiln.executor import fileops
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.runc import OutputSink, RuncExecutor
-from kiln.executor.spec import HostMount, RunSpec, TmpfsSpec, host_files
+from kiln.executor.spec import HostMount, RunSpec, host_files
 from kiln.executor.users import Identity, resolve_user
 from kiln.frontend.base import (
-    BindMount,
-    CacheMount,
     ContextSource,
     CopyOp,
     ExecOp,
@@ -29,21 +24,18 @@ from kiln.frontend.base import (
     ImageSource,
     InlineSource,
     MkdirOp,
-    SecretMount,
     StageSource,
     Step,
-    TmpfsMount,
     UrlSource,
 )
 from kiln.frontend.context import BuildContext
 from kiln.frontend.dockerignore import IgnoreMatcher
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
+from kiln.solver.run_mounts import RunMounts
 from kiln.solver.types import SolveOptions, StageResult
 from kiln.solver.urls import downloaded
 from kiln.state import KilnRoot
-
-DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class StepRunner:
@@ -65,8 +57,7 @@ class StepRunner:
         self.context = context
         self.options = options
         self.stage_result: Callable[[int], StageResult] = _no_stages
-        self._mount_locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self.mounts = RunMounts(root, context, self._mounted_source, dict(options.secrets))
 
     # ------------------------------------------------------------------ helpers
     def fetch(self, layer: Layer) -> None:
@@ -114,7 +105,7 @@ class StepRunner:
                 self.snapshots.adopt(upper, layer.diff_id)
             return layer
         except OSError as exc:
-            raise KilnError(f"{step.text}: {exc}") from exc
+            raise KilnError(str(exc)) from exc
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -123,9 +114,7 @@ class StepRunner:
         identity = resolve_user(rootfs, op.user)
         if not resolve_in_root(rootfs, op.workdir).is_dir():
             fileops.mkdir_p(rootfs, op.workdir, Identity(0, 0))
-        env = list(op.env)
-        if not any(e.startswith("PATH=") for e in env):
-            env.insert(0, DEFAULT_PATH_ENV)
+        env = [*op.env, *op.proxy_env]
         spec = RunSpec(rootfs, list(op.args), env, op.workdir, identity, op.network)
         spec.binds.extend(host_files())
         with contextlib.ExitStack() as stack:
@@ -136,82 +125,13 @@ class StepRunner:
                 host.write_text(content)
                 host.chmod(mode)
                 spec.binds.append(HostMount(host, path, readonly=True))
-            for mount in op.mounts:
-                if isinstance(mount, TmpfsMount):
-                    spec.tmpfs.append(TmpfsSpec(mount.target, mount.size))
-                elif isinstance(mount, CacheMount):
-                    spec.binds.append(stack.enter_context(self._cache_mount(mount)))
-                elif isinstance(mount, BindMount):
-                    spec.binds.append(stack.enter_context(self._bind_mount(mount, scratch)))
-                elif isinstance(mount, SecretMount):
-                    secret = self._secret(mount, scratch)
-                    if secret is not None:
-                        spec.binds.append(secret)
+            self.mounts.prepare(op, spec, stack, scratch)
             self.executor.run(spec, output, description=f"[{step.label}]")
 
     @contextlib.contextmanager
-    def _cache_mount(self, mount: CacheMount) -> Iterator[HostMount]:
-        name = hashlib.sha256(mount.id.encode()).hexdigest()[:32]
-        host = self.root.cache_mounts / name
-        if not host.is_dir():
-            tmp = self.root.tempdir("cachemount-")
-            os.chmod(tmp, mount.mode)
-            os.chown(tmp, mount.uid, mount.gid)
-            try:
-                os.rename(tmp, host)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-        lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if mount.sharing == "locked":
-            with self._guard:
-                lock = self._mount_locks.setdefault(name, threading.Lock())
-        with lock:
-            yield HostMount(host, mount.target, readonly=mount.readonly)
-
-    @contextlib.contextmanager
-    def _bind_mount(self, mount: BindMount, scratch: Path) -> Iterator[HostMount]:
-        if mount.from_stage is None and mount.from_image is None:
-            source = resolve_in_root(self.context.root, mount.source)
-            if not os.path.lexists(source):
-                raise ContextError(f"bind mount source {mount.source!r} not found in the context")
-            if mount.readwrite:
-                copy = scratch / "rwbind"
-                _copy_tree(source, copy)
-                source = copy
-            yield HostMount(source, mount.target, readonly=not mount.readwrite)
-            return
-        origin: ImageSource | int
-        if mount.from_image is not None:
-            origin = ImageSource(mount.from_image)
-        else:
-            assert mount.from_stage is not None
-            origin = mount.from_stage
-        chain = self._chain_of(origin)
-        with self.snapshots.mounted(chain, self.fetch) as src_root:
-            source = resolve_in_root(src_root, mount.source)
-            if not os.path.lexists(source):
-                raise KilnError(f"bind mount source {mount.source!r} not found")
-            if mount.readwrite:  # writes are discarded after the step, as in BuildKit
-                copy = scratch / "rwbind"
-                _copy_tree(source, copy)
-                source = copy
-            yield HostMount(source, mount.target, readonly=not mount.readwrite)
-
-    def _secret(self, mount: SecretMount, scratch: Path) -> HostMount | None:
-        secrets = dict(self.options.secrets)
-        path = secrets.get(mount.id)
-        if path is None:
-            if mount.required:
-                raise KilnError(
-                    f"secret {mount.id} is required but was not provided",
-                    hint=f"pass it with --secret id={mount.id},src=FILE",
-                )
-            return None
-        host = scratch / ("secret-" + hashlib.sha256(mount.id.encode()).hexdigest()[:16])
-        shutil.copyfile(path, host)
-        os.chown(host, mount.uid, mount.gid)
-        os.chmod(host, mount.mode)
-        return HostMount(host, mount.target, readonly=True)
+    def _mounted_source(self, origin: ImageSource | int) -> Iterator[Path]:
+        with self.snapshots.mounted(self._chain_of(origin), self.fetch) as src_root:
+            yield src_root
 
     # ------------------------------------------------------------------ COPY / ADD
     def _copy(self, op: CopyOp, rootfs: Path) -> None:
@@ -225,6 +145,12 @@ class StepRunner:
         if isinstance(source, ContextSource):
             matches = self.context.select(list(op.srcs))
             fileops.copy_sources(rootfs, self.context, matches, op.dest, options)
+            # what was copied must be what the key was computed from (never a wrong hit)
+            if self.context.digest(list(op.srcs), chown=op.chown, chmod=op.chmod) != source.digest:
+                raise ContextError(
+                    "the build context changed while the build was running",
+                    hint="run the build again once the files stop changing",
+                )
         elif isinstance(source, (StageSource, ImageSource)):
             with self.snapshots.mounted(self._chain_of(source), self.fetch) as src_root:
                 src = BuildContext(src_root, IgnoreMatcher([]))
@@ -252,12 +178,6 @@ def file_owner(rootfs: Path, spec: str) -> Identity:
         return Identity(int(user), int(user))
     found = resolve_user(rootfs, spec, what="user")
     return Identity(found.uid, found.gid)
-
-
-def _copy_tree(source: Path, dest: Path) -> None:
-    proc = subprocess.run(["cp", "-a", str(source), str(dest)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KilnError(f"cannot copy {source}: {proc.stderr.strip()}")
 
 
 def _no_stages(index: int) -> StageResult:

@@ -41,7 +41,6 @@ class StageResult:
     config: ImageConfig  # diff IDs and history timestamps filled in
     # (key, layer) of every step this stage ran or found cached, for cache export
     step_results: list[tuple[str, Layer | None]] = field(default_factory=list)
-    base_layer_count: int = 0
 
 
 @dataclass

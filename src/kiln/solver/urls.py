@@ -41,9 +41,16 @@ def downloaded(root: KilnRoot, url: str, digest: str) -> Download:
         meta = json.loads((base / "meta.json").read_text())
     except (OSError, ValueError) as exc:
         raise KilnError(f"download of {url} is missing", hint="run the build again") from exc
-    if meta.get("digest") != digest:
+    if _source_digest(meta) != digest:
         raise KilnError(f"download of {url} changed during the build", hint="run it again")
     return Download(base / "content", str(meta["filename"]), meta.get("mtime"), digest)
+
+
+def _source_digest(meta: dict[str, object]) -> str:
+    """What an ADD of the URL produces: content, file name (after redirects) and
+    Last-Modified time (the file's mtime) — the cache key covers all three."""
+    fields = {k: meta.get(k) for k in ("digest", "filename", "mtime")}
+    return "sha256:" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 class UrlFetcher:
@@ -79,11 +86,7 @@ class UrlFetcher:
                             h.update(chunk)
                             fh.write(chunk)
                     digest = "sha256:" + h.hexdigest()
-                    modified = resp.headers.get("last-modified")
-                    mtime = None
-                    if modified:
-                        parsed = email.utils.parsedate_to_datetime(modified)
-                        mtime = parsed.timestamp() if parsed else None
+                    mtime = _last_modified(resp.headers.get("last-modified"))
                     path = urllib.parse.urlparse(str(resp.url)).path
                     meta = {
                         "digest": digest,
@@ -92,11 +95,22 @@ class UrlFetcher:
                         "filename": posixpath.basename(path.rstrip("/")) or "index.html",
                     }
                     write_atomic(meta_path, json.dumps(meta).encode())
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise KilnError(f"cannot download {url}: {exc}") from exc
+        except OSError as exc:
+            raise KilnError(f"cannot store the download of {url}: {exc}") from exc
         if checksum and checksum != digest:
             os.unlink(base / "content")
             raise KilnError(
                 f"checksum mismatch for {url}", why=f"expected {checksum}, got {digest}"
             )
-        return digest
+        return _source_digest(meta)
+
+
+def _last_modified(header: str | None) -> float | None:
+    if not header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError):
+        return None

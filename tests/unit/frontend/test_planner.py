@@ -109,7 +109,7 @@ def test_run_env_includes_args_but_not_their_history(tmp_path: Path):
     assert isinstance(step.op, ExecOp)
     assert step.op.args == ("/bin/sh", "-c", "echo $V")  # the shell expands, not kiln
     assert "V=9" in step.op.env and "W=w" in step.op.env and "E=e" in step.op.env
-    assert "HTTP_PROXY=http://proxy:3128" in step.op.env
+    assert step.op.proxy_env == ("HTTP_PROXY=http://proxy:3128",)  # not in the key
     history = p.target_stage.config.history[step.history_index].created_by
     assert history.startswith("RUN |2 V=9 W=w /bin/sh -c echo $V")
     assert "proxy" not in history
@@ -213,3 +213,14 @@ def test_onbuild_triggers_of_the_base_run_first(tmp_path: Path):
     assert [s.text for s in stage.steps] == ["RUN echo triggered", "RUN echo mine"]
     assert stage.config.onbuild == []  # triggers are consumed, not inherited
     assert stage.config.env_map()["T"] == "1"
+
+
+def test_automatic_platform_args_and_meta_args_on_one_line(tmp_path: Path):
+    p = plan(
+        tmp_path,
+        "ARG A=1 B=${A}x\nFROM --platform=$BUILDPLATFORM scratch AS build\n"
+        "ARG TARGETARCH\nARG B\nENV ARCH=$TARGETARCH B=$B\nFROM build\n",
+    )
+    env = p.target_stage.config.env_map()
+    assert env["ARCH"] == "amd64"
+    assert env["B"] == "1x"

@@ -60,3 +60,12 @@ def test_cache_mount_content_is_not_in_the_key_but_its_target_is(tmp_path: Path)
     _, a = keys_of(tmp_path, "FROM scratch\nRUN --mount=type=cache,target=/c true\n")
     _, b = keys_of(tmp_path, "FROM scratch\nRUN --mount=type=cache,target=/d true\n")
     assert a[0].final != b[0].final
+
+
+def test_proxy_args_and_epoch(tmp_path: Path):
+    text = "FROM scratch\nRUN true\n"
+    _, plain = keys_of(tmp_path, text)
+    _, proxied = keys_of(tmp_path, text, build_args={"HTTPS_PROXY": "http://p:1"})
+    assert plain[0].final == proxied[0].final  # a proxy never changes what a step makes
+    p = plan(tmp_path, text)
+    assert compute_keys(p, 1700000000)[0].final != compute_keys(p)[0].final

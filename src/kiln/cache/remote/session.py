@@ -61,6 +61,8 @@ class RemoteCaches:
         self.imports = list(imports)
         self.exports = list(exports)
         self.loaded: list[ImportedCache] = []
+        self._selected: dict[str, list[CacheEntry]] = {}
+        self._selected_for: BuildResult | None = None
 
     def load(self) -> list[ImportedCache]:
         """Import every ``--cache-from`` in order (earlier sources win on lookups)."""
@@ -70,18 +72,27 @@ class RemoteCaches:
                 self.loaded.append(cache)
         return self.loaded
 
+    def _entries(self, result: BuildResult, lookup: Lookup, mode: str) -> list[CacheEntry]:
+        """The entries of *mode* for *result*, selected once (image annotation and export
+        share them)."""
+        if self._selected_for is not result:
+            self._selected_for, self._selected = result, {}
+        if mode not in self._selected:
+            self._selected[mode] = select_entries(result, lookup, mode)
+        return self._selected[mode]
+
     def invalidate(self, digest: str) -> bool:
         return any([cache.invalidate(digest) for cache in self.loaded])
 
     def annotate_image(self, result: BuildResult, lookup: Lookup, config: ImageConfig,
                        layers: list[Layer]) -> None:  # fmt: skip
         for item in self.exports:
-            entries = select_entries(result, lookup, item.options.mode)
+            entries = self._entries(result, lookup, item.options.mode)
             self.backends[item.backend].annotate_image(item.spec, config, entries, layers)
 
     def export(self, result: BuildResult, lookup: Lookup) -> None:
         for item in self.exports:
-            entries = select_entries(result, lookup, item.options.mode)
+            entries = self._entries(result, lookup, item.options.mode)
             try:
                 self.backends[item.backend].export(item.spec, entries, self.ctx)
             except KilnError as exc:

@@ -1,0 +1,171 @@
+"""``RUN --mount`` made real: cache directories, bind sources, tmpfs, secrets.
+
+- cache: a directory under ``$KILN_ROOT/cache/mounts`` per id, kept between builds (its
+  content is never part of a key). ``sharing=shared`` lets steps use it at once,
+  ``locked`` serialises them (across kiln processes too, with ``flock``), ``private``
+  gives a step that finds it busy a fresh directory of its own. A new cache directory is
+  seeded from ``from=<stage>`` (``source=`` inside it) when given.
+- bind of the build context: a view holding only what ``.dockerignore`` lets through
+  (what the step's cache key covers), made once per content digest; ``rw`` binds get a
+  private copy whose writes are dropped after the step, as in BuildKit.
+- secret: a file at the target, or (``env=``) an environment variable; never in a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from kiln.errors import ContextError, KilnError
+from kiln.executor import fileops
+from kiln.executor.paths import resolve_in_root
+from kiln.executor.spec import HostMount, RunSpec, TmpfsSpec
+from kiln.frontend.base import (
+    BindMount,
+    CacheMount,
+    ExecOp,
+    ImageSource,
+    SecretMount,
+    TmpfsMount,
+)
+from kiln.frontend.context import BuildContext
+from kiln.oci import digest_hex
+from kiln.state import KilnRoot
+
+# mounts a chain of layers read-only and yields its root
+ChainMounter = Callable[[ImageSource | int], contextlib.AbstractContextManager[Path]]
+
+
+class RunMounts:
+    def __init__(
+        self,
+        root: KilnRoot,
+        context: BuildContext,
+        mount_source: ChainMounter,
+        secrets: dict[str, str],
+    ) -> None:
+        self.root = root
+        self.context = context
+        self.mount_source = mount_source
+        self.secrets = secrets
+
+    def prepare(
+        self, op: ExecOp, spec: RunSpec, stack: contextlib.ExitStack, scratch: Path
+    ) -> None:
+        """Add the step's mounts (and secret env vars) to *spec*; undone by *stack*."""
+        for n, mount in enumerate(op.mounts):
+            if isinstance(mount, TmpfsMount):
+                spec.tmpfs.append(TmpfsSpec(mount.target, mount.size))
+            elif isinstance(mount, CacheMount):
+                spec.binds.append(stack.enter_context(self._cache(mount, scratch / f"cache-{n}")))
+            elif isinstance(mount, BindMount):
+                spec.binds.append(stack.enter_context(self._bind(mount, scratch / f"bind-{n}")))
+            elif isinstance(mount, SecretMount):
+                self._secret(mount, spec, scratch / f"secret-{n}")
+
+    # ------------------------------------------------------------------ cache
+    @contextlib.contextmanager
+    def _cache(self, mount: CacheMount, private_dir: Path) -> Iterator[HostMount]:
+        name = hashlib.sha256(mount.id.encode()).hexdigest()[:32]
+        host = self.root.cache_mounts / name
+        with open(self.root.cache_mounts / f".{name}.lock", "a") as lock:
+            if mount.sharing == "private":
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # in use: this step gets a directory of its own
+                    private_dir.mkdir()
+                    os.chmod(private_dir, mount.mode)
+                    os.chown(private_dir, mount.uid, mount.gid)
+                    yield HostMount(private_dir, mount.target, readonly=mount.readonly)
+                    return
+            else:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # creation and seeding happen once
+            if not host.is_dir():
+                self._create_cache(mount, host)
+            if mount.sharing == "shared":
+                fcntl.flock(lock, fcntl.LOCK_SH)  # others may use it at the same time
+            yield HostMount(host, mount.target, readonly=mount.readonly)
+
+    def _create_cache(self, mount: CacheMount, host: Path) -> None:
+        tmp = self.root.tempdir("cachemount-") / "dir"
+        if mount.from_stage is not None:
+            with self.mount_source(mount.from_stage) as src_root:
+                source = resolve_in_root(src_root, mount.source or "/")
+                if not source.is_dir():
+                    raise KilnError(f"cache mount source {mount.source!r} is not a directory")
+                _copy_tree(source, tmp)
+        else:
+            tmp.mkdir()
+            os.chmod(tmp, mount.mode)
+            os.chown(tmp, mount.uid, mount.gid)
+        os.rename(tmp, host)
+
+    # ------------------------------------------------------------------ bind
+    @contextlib.contextmanager
+    def _bind(self, mount: BindMount, rw_copy: Path) -> Iterator[HostMount]:
+        with contextlib.ExitStack() as stack:
+            if mount.from_stage is None and mount.from_image is None:
+                source = self._context_view(mount)
+            else:
+                origin = ImageSource(mount.from_image) if mount.from_image else mount.from_stage
+                assert origin is not None
+                src_root = stack.enter_context(self.mount_source(origin))
+                source = resolve_in_root(src_root, mount.source)
+                if not os.path.lexists(source):
+                    raise KilnError(f"bind mount source {mount.source!r} not found")
+            if mount.readwrite:  # writes are discarded after the step, as in BuildKit
+                _copy_tree(source, rw_copy)
+                source = rw_copy
+            yield HostMount(source, mount.target, readonly=not mount.readwrite)
+
+    def _context_view(self, mount: BindMount) -> Path:
+        """The bound part of the context, as ``.dockerignore`` filters it, made once per
+        content digest under ``$KILN_ROOT/contexts``."""
+        rel = mount.source.strip("/") or "."
+        final = self.root.path / "contexts" / digest_hex(mount.context_digest)
+        if not final.is_dir():
+            matches = self.context.select([rel])
+            if len(matches) != 1:
+                raise ContextError(f"bind mount source {mount.source!r} names no single path")
+            tmp = self.root.tempdir("context-view-")
+            options = fileops.CopyOptions(None, None, keep_owner=False, extract_archives=False)
+            if matches[0].is_dir:
+                fileops.copy_sources(tmp, self.context, matches, "/view/", options)
+            else:
+                fileops.copy_sources(tmp, self.context, matches, "/view", options)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # another build made it first: fine
+                os.rename(tmp, final)
+        return final / "view"
+
+    # ------------------------------------------------------------------ secret
+    def _secret(self, mount: SecretMount, spec: RunSpec, host: Path) -> None:
+        path = self.secrets.get(mount.id)
+        if path is None:
+            if mount.required:
+                raise KilnError(
+                    f"secret {mount.id} is required but was not provided",
+                    hint=f"pass it with --secret id={mount.id},src=FILE",
+                )
+            return
+        if mount.env:
+            value = Path(path).read_text().rstrip("\n")
+            spec.env = [e for e in spec.env if not e.startswith(mount.env + "=")]
+            spec.env.append(f"{mount.env}={value}")
+        if mount.target:
+            shutil.copyfile(path, host)
+            os.chown(host, mount.uid, mount.gid)
+            os.chmod(host, mount.mode)
+            spec.binds.append(HostMount(host, mount.target, readonly=True))
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    proc = subprocess.run(["cp", "-a", str(source), str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise KilnError(f"cannot copy {source}: {proc.stderr.strip()}")
