@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,17 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _secret_file(value: str) -> Path:
+    """A secret from the environment, in a private file that lives as long as kiln."""
+    folder = Path(tempfile.mkdtemp(prefix="kiln-secret-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "value"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return path
+
+
 def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for text in values:
@@ -78,7 +92,8 @@ def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
             value = os.environ.get(env)
             if value is None:
                 raise UsageError(f"--secret {text!r}: environment variable {env} is not set")
-            raise UsageError("--secret env= is not supported yet; use src=FILE")
+            out.append((sid, str(_secret_file(value))))
+            continue
         if not Path(src).is_file():
             raise UsageError(f"--secret {text!r}: {src} is not a file")
         out.append((sid, str(Path(src).absolute())))

@@ -89,11 +89,16 @@ RUN mkdir -p /seed && echo seeded > /seed/first
 FROM {busybox_image}
 RUN --mount=type=cache,target=/c,from=seed,source=/seed,id=seeded cat /c/first > /seen
 RUN --mount=type=secret,id=tok,env=TOKEN test "$TOKEN" = s3cr3t && echo ok > /env-ok
+RUN --mount=type=secret,id=fromenv cat /run/secrets/fromenv > /dev/null && echo ok > /file-ok
 """,
     )
     secret = tmp_path / "tok"
     secret.write_text("s3cr3t\n")
     out = tmp_path / "out"
-    kiln("build", "--secret", f"id=tok,src={secret}", "-o", f"type=local,dest={out}", ctx).check()
+    kiln(
+        "build", "--secret", f"id=tok,src={secret}", "--secret", "id=fromenv,env=KILN_TEST_SECRET",
+        "-o", f"type=local,dest={out}", ctx, env={"KILN_TEST_SECRET": "v"},
+    ).check()  # fmt: skip
+    assert (out / "file-ok").read_text() == "ok\n"
     assert (out / "seen").read_text() == "seeded\n"
     assert (out / "env-ok").read_text() == "ok\n"
