@@ -21,7 +21,7 @@ from kiln.cache.remote.registry import RegistryBackend
 from kiln.cache.remote.session import CacheSpec, RemoteCaches
 from kiln.cache.store import LocalCache
 from kiln.content import BlobLocator, BlobStore
-from kiln.errors import CorruptBlobError, KilnError
+from kiln.errors import BlobUnavailableError, KilnError
 from kiln.executor.runc import RuncExecutor
 from kiln.exporter.archive import write_image_tar
 from kiln.exporter.base import LocalOutput, Output, RegistryOutput, TarOutput
@@ -183,7 +183,12 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         caches = RemoteCaches(
             cache_backends(scope),
             CacheContext(
-                client, blobs, locator, lambda m: progress.message(f"WARNING: {m}"), stats
+                client,
+                blobs,
+                locator,
+                lambda m: progress.message(f"WARNING: {m}"),
+                stats,
+                platform,
             ),
             options.cache_from,
             options.cache_to,
@@ -210,14 +215,13 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 pushed = _export(options, images, client, locator, progress, root)
                 caches.export(result, solver.lookup)
                 break
-            except CorruptBlobError as exc:
-                # a cached result whose blob is corrupt is never used: forget it, solve again
+            except BlobUnavailableError as exc:
+                # a cached result whose blob is corrupt or gone is never used: forget it
+                # and solve again (the step runs)
                 if not caches.invalidate(exc.digest):
                     raise
                 blobs.remove(exc.digest)
-                progress.message(
-                    f"WARNING: cached blob {exc.digest} is corrupt; running its step instead"
-                )
+                progress.message(f"WARNING: {exc.what}; running its step instead")
     outcome = BuildOutcome(result, art, pushed, stats)
     if options.metadata_file is not None:
         try:

@@ -11,13 +11,13 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from kiln.errors import KilnError
+from kiln.errors import CorruptBlobError, KilnError
 from kiln.oci import Descriptor, digest_hex
 
 CHUNK = 1 << 20
@@ -97,6 +97,25 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
+    def ingest(self, desc: Descriptor, chunks: Iterable[bytes], what: str) -> int:
+        """Store *chunks* as the blob of *desc*: a size or digest mismatch raises
+        :class:`CorruptBlobError` and stores nothing. Returns the bytes stored."""
+        try:
+            with self.writer(desc.digest) as sink:
+                for chunk in chunks:
+                    sink.write(chunk)
+                    if sink.size > desc.size:
+                        raise CorruptBlobError(
+                            f"{what} is larger than its {desc.size} bytes", digest=desc.digest
+                        )
+        except DigestMismatch as exc:
+            raise CorruptBlobError(
+                f"{what} is corrupt (its bytes do not match its digest)",
+                digest=desc.digest,
+                why=str(exc),
+            ) from exc
+        return sink.size
+
     def put(self, data: bytes, expected: str | None = None) -> str:
         with self.writer(expected) as w:
             w.write(data)
@@ -156,12 +175,12 @@ class BlobLocator:
                 f"blob {desc.digest} is neither local nor available from any known source",
                 hint="run the build again with --no-cache",
             )
-        last: Exception | None = None
+        first: KilnError | None = None
         for provider in providers:
             try:
                 provider.fetch(desc, self.store)
                 return
             except KilnError as exc:
-                last = exc
-        assert last is not None
-        raise last
+                first = first or exc  # the first source's reason is the telling one
+        assert first is not None
+        raise first

@@ -82,16 +82,31 @@ class NotFoundError(RegistryError):
     """A manifest or blob does not exist in a registry."""
 
 
-class CorruptBlobError(RegistryError):
-    """A blob's bytes do not match its digest (in a registry or a cache): never used."""
+class BlobUnavailableError(KilnError):
+    """A blob cannot be used: gone from where it was expected, or corrupt. When a cached
+    result names it, the result is forgotten and its step runs instead."""
 
     def __init__(self, what: str, *, digest: str, why: str | None = None) -> None:
         super().__init__(what, why=why)
         self.digest = digest
 
 
+class CorruptBlobError(RegistryError, BlobUnavailableError):
+    """A blob's bytes do not match its digest (in a registry or a cache): never used."""
+
+    def __init__(self, what: str, *, digest: str, why: str | None = None) -> None:
+        BlobUnavailableError.__init__(self, what, digest=digest, why=why)
+
+
 class CacheError(KilnError):
     """A remote cache could not be read or written."""
+
+
+class MissingBlobError(CacheError, BlobUnavailableError):
+    """A cache names a blob that is no longer there (evicted, deleted)."""
+
+    def __init__(self, what: str, *, digest: str, why: str | None = None) -> None:
+        BlobUnavailableError.__init__(self, what, digest=digest, why=why)
 
 
 class RuntimeFailure(KilnError):

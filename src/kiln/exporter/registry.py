@@ -31,20 +31,39 @@ def blob_source(
     return materialise
 
 
-def mount_candidates(locator: BlobLocator, digests: Sequence[str]) -> list[Reference]:
-    """Repositories the blobs are known to live in (cross-repository mount sources)."""
+def mount_candidates(locator: BlobLocator, digest: str, repo: Reference) -> list[Reference]:
+    """Other repositories of *repo*'s registry known to hold *digest* (mount sources)."""
     out: list[Reference] = []
-    for digest in digests:
-        for provider in locator.providers(digest):
-            if not provider.location:
-                continue
-            try:
-                ref = Reference.parse(provider.location)
-            except UsageError:  # a non-registry location (a cache directory, gha)
-                continue
-            if ref.repo_ref not in out:
-                out.append(ref.repo_ref)
+    for provider in locator.providers(digest):
+        if not provider.location:
+            continue  # a cache directory or the gha service: not mountable
+        try:
+            ref = Reference.parse(provider.location).repo_ref
+        except UsageError:
+            continue
+        if ref.registry == repo.registry and ref != repo and ref not in out:
+            out.append(ref)
     return out
+
+
+def push_blobs(
+    client: RegistryClient,
+    repo: Reference,
+    blobs: Sequence[tuple[Descriptor, bytes | None]],
+    locator: BlobLocator,
+    *,
+    category: str,
+) -> None:
+    """Make every blob present in *repo*: HEAD, then a mount from a repository known to
+    hold that very blob, then an upload (fetching the blob first only then). A ``None``
+    content means the blob's bytes come from the locator."""
+    repo = repo.repo_ref
+    sources: list[tuple[Descriptor, BlobSource]] = [
+        (d, data if data is not None else blob_source(locator, d.digest, d.size, d.media_type))
+        for d, data in blobs
+    ]
+    mounts = {d.digest: mount_candidates(locator, d.digest, repo) for d, _ in blobs}
+    client.push_blobs(repo, sources, mounts, category=category)
 
 
 def push_image(
@@ -55,25 +74,11 @@ def push_image(
     *,
     category: str = "image",
 ) -> str:
-    """Push *art* under every name; returns the manifest digest."""
-    repos: list[Reference] = []
-    for name in names:
-        if name.repo_ref not in repos:
-            repos.append(name.repo_ref)
-    layer_digests = [layer.digest for layer in art.layers]
-    candidates = mount_candidates(locator, layer_digests)
-    for repo in repos:
-        blobs: list[tuple[Descriptor, BlobSource]] = []
-        for layer in art.layers:
-            d = layer.blob
-            blobs.append((d, blob_source(locator, d.digest, d.size, d.media_type)))
-        blobs.append((art.config_desc, art.config))
-        client.push_blobs(
-            repo,
-            blobs,
-            [c for c in candidates if c != repo],
-            category=category,
-        )
+    """Push *art* under every name (blobs first, each manifest last); its digest."""
+    blobs: list[tuple[Descriptor, bytes | None]] = [(x.blob, None) for x in art.layers]
+    blobs.append((art.config_desc, art.config))
+    for repo in dict.fromkeys(name.repo_ref for name in names):
+        push_blobs(client, repo, blobs, locator, category=category)
     for name in names:
         target = name if name.tag or name.digest else name.with_tag("latest")
         client.put_manifest(target, art.manifest, art.manifest_desc.media_type, category=category)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln.content import BlobStore
+from kiln.errors import MissingBlobError, NotFoundError
 from kiln.oci import Descriptor
 from kiln.registry.client import RegistryClient
 from kiln.registry.reference import Reference
@@ -18,7 +19,12 @@ class RegistryBlobSource:
         self.location = self.repo.name
 
     def fetch(self, desc: Descriptor, store: BlobStore) -> None:
-        self.client.fetch_blob(self.repo, desc, store, category=self.category)
+        try:
+            self.client.fetch_blob(self.repo, desc, store, category=self.category)
+        except NotFoundError as exc:
+            raise MissingBlobError(
+                f"blob {desc.digest} is gone from {self.location}", digest=desc.digest
+            ) from exc
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RegistryBlobSource) and other.location == self.location

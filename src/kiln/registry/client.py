@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from types import TracebackType
 
 import httpx
 
-from kiln.content import BlobStore, DigestMismatch
+from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError, NotFoundError, RegistryError
 from kiln.oci import Descriptor, Platform, host_platform, is_digest, sha256_digest
 from kiln.registry.auth import pull_scope, push_scope
@@ -327,27 +327,13 @@ class RegistryClient:
         """Download a blob into *store* (verified); return the bytes transferred.
 
         A blob already in the store is not downloaded. On a digest or size mismatch
-        nothing is stored and :class:`RegistryError` is raised.
+        nothing is stored and :class:`CorruptBlobError` is raised.
         """
         if store.has(descriptor.digest):
             return 0
         layer = is_layer_media_type(descriptor.media_type)
         with self.open_blob(repo_ref, descriptor.digest, layer=layer, category=category) as chunks:
-            try:
-                with store.writer(descriptor.digest) as sink:
-                    for chunk in chunks:
-                        sink.write(chunk)
-                        if sink.size > descriptor.size:
-                            raise CorruptBlobError(
-                                f"blob {descriptor.digest} from {repo_ref} is larger than "
-                                f"its descriptor's {descriptor.size} bytes",
-                                digest=descriptor.digest,
-                            )
-            except DigestMismatch as exc:  # pragma: no cover - open_blob checks first
-                raise CorruptBlobError(
-                    f"blob {descriptor.digest} from {repo_ref}: {exc}", digest=descriptor.digest
-                ) from exc
-        return sink.size
+            return store.ingest(descriptor, chunks, f"blob {descriptor.digest} from {repo_ref}")
 
     def get_blob_bytes(
         self,
@@ -396,12 +382,14 @@ class RegistryClient:
         self,
         repo_ref: Reference,
         blobs: Iterable[tuple[Descriptor, BlobSource]],
-        mount_from: Sequence[Reference] = (),
+        mount_from: Sequence[Reference] | Mapping[str, Sequence[Reference]] = (),
         *,
         category: str | None = None,
         workers: int | None = None,
     ) -> dict[str, BlobPush]:
-        """Push many blobs in parallel; the first failure cancels what has not started."""
+        """Push many blobs in parallel; the first failure cancels what has not started.
+
+        *mount_from* lists cross-repository mount sources for every blob, or per digest."""
         unique: dict[str, tuple[Descriptor, BlobSource]] = {}
         for desc, source in blobs:
             unique.setdefault(desc.digest, (desc, source))
@@ -411,7 +399,12 @@ class RegistryClient:
         with ThreadPoolExecutor(max_workers=workers or self.workers) as pool:
             futures: dict[Future[BlobPush], str] = {
                 pool.submit(
-                    self.push_blob, repo_ref, desc, source, mount_from, category=category
+                    self.push_blob,
+                    repo_ref,
+                    desc,
+                    source,
+                    mount_from.get(digest, ()) if isinstance(mount_from, Mapping) else mount_from,
+                    category=category,
                 ): digest
                 for digest, (desc, source) in unique.items()
             }

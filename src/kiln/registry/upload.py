@@ -184,10 +184,12 @@ def _try_mounts(
         if response.status_code == 201:
             log.debug("mounted %s into %s from %s", digest, repo, name)
             return True
-        raise_for_status(
-            response, f"mount blob {digest} into {repo}", registry=repo.registry, ok=(202,)
-        )
-        location = _location(response, url)
+        if response.status_code == 202:  # not mounted; the upload session it opened is usable
+            location = _location(response, url)
+            continue
+        # a registry refusing the mount (no access to the source, unknown blob): upload
+        log.debug("mount of %s from %s refused: %s", digest, name, response.status_code)
+        response.close()
     return location
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kiln.content import BlobStore
-from kiln.errors import KilnError
+from kiln.errors import CorruptBlobError
 from kiln.oci import Layer, compression_of, digest_hex
 from kiln.snapshot.overlay import mount_overlay, unmount
 from kiln.snapshot.unpack import unpack_layer
@@ -87,10 +87,10 @@ class SnapshotStore:
                     diff_id = unpack_layer(fh, compression_of(layer.blob.media_type), tmp)
                 if diff_id != layer.diff_id:
                     self.blobs.remove(layer.digest)  # corrupt: fetched again next time
-                    raise KilnError(
+                    raise CorruptBlobError(
                         f"layer {layer.digest} does not match its diff ID",
+                        digest=layer.digest,
                         why=f"expected {layer.diff_id}, got {diff_id}",
-                        hint="the blob is corrupt; it has been removed, run the build again",
                     )
                 os.rename(tmp, target)
             except BaseException:

@@ -512,3 +512,66 @@ def test_an_interrupted_export_leaves_the_previous_cache_usable(
     (ctx / "f").write_text("1")
     fresh = kiln("build", *base, "--cache-from", cache, ctx, root=tmp_path / "c").check()
     assert fresh.ran == []
+
+
+def test_an_evicted_blob_is_a_miss_not_a_failure(kiln, busybox_image, tmp_path: Path):
+    ctx = make_context(
+        tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN echo a > /a\nCOPY f /f\n", {"f": "1"}
+    )
+    cache = tmp_path / "cache"
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    kiln("build", *base, "--cache-to", f"type=local,dest={cache},mode=max", ctx,
+         root=tmp_path / "a").check()  # fmt: skip
+    index = json.loads((cache / "index.json").read_text())
+    manifest_hex = index["manifests"][0]["digest"][7:]
+    manifest = json.loads((cache / "blobs" / "sha256" / manifest_hex).read_text())
+    (cache / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]).unlink()
+    (ctx / "f").write_text("2")  # the COPY misses: it needs the RUN's (now missing) layer
+    out = tmp_path / "out"
+    run = kiln("build", *base, "--cache-from", f"type=local,src={cache}",
+               "-o", f"type=local,dest={out}", ctx, root=tmp_path / "b").check()  # fmt: skip
+    assert "is gone" in run.stderr
+    assert "build 2/3 RUN echo a > /a" in run.ran
+    assert (out / "a").read_text() == "a\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "layers"),
+    [
+        (b'{"layers": "x"}', []),
+        (b'{"layers": [], "records": [{"digest": "sha256:' + b"1" * 64 + b'",'
+         b' "layers": [{"layer": "x"}]}]}', []),
+        (b'{"layers": [{"blob": "sha256:' + b"0" * 64 + b'", "parent": NaN}], "records": []}',
+         []),
+        (b"not json", []),
+        (b'{"layers": [], "records": []}', [{"digest": "oops"}]),
+        (b'{"layers": [], "records": []}', ["not a descriptor"]),
+    ],
+)  # fmt: skip
+def test_a_malformed_cache_is_a_warning(
+    kiln, busybox_image, tmp_path: Path, config: bytes, layers: list
+):
+    import hashlib
+
+    cache = tmp_path / "cache"
+    blobs = cache / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    config_hex = hashlib.sha256(config).hexdigest()
+    (blobs / config_hex).write_bytes(config)
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.buildkit.cacheconfig.v0",
+                   "digest": f"sha256:{config_hex}", "size": len(config)},
+        "layers": layers,
+    }).encode()  # fmt: skip
+    manifest_hex = hashlib.sha256(manifest).hexdigest()
+    (blobs / manifest_hex).write_bytes(manifest)
+    (cache / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": f"sha256:{manifest_hex}", "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))  # fmt: skip
+    ctx = make_context(tmp_path / "ctx", f"FROM {busybox_image}\nRUN true\n")
+    run = kiln("build", "--cache-from", f"type=local,src={cache}", ctx).check()
+    assert "Traceback" not in run.stderr
+    assert run.ran == ["build 2/2 RUN true"]  # nothing unusable was taken for a hit

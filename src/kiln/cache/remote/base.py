@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kiln import units
@@ -19,7 +19,7 @@ from kiln.cache.store import StepRecord
 from kiln.content import BlobLocator, BlobProvider, BlobStore
 from kiln.errors import UsageError
 from kiln.image import ImageConfig
-from kiln.oci import Layer
+from kiln.oci import Layer, Platform, host_platform
 from kiln.solver.types import CacheHit
 
 COMMON_EXPORT_ATTRS = frozenset(
@@ -115,8 +115,10 @@ class Attrs:
         if compression is not None and compression not in ("gzip", "zstd", "uncompressed"):
             raise self.error("compression must be gzip, zstd or uncompressed")
         level = self.values.get("compression-level")
-        if level is not None and not level.lstrip("-").isdigit():
-            raise self.error("compression-level must be a whole number")
+        if level is not None:
+            limit = 22 if compression == "zstd" else 9
+            if not level.isdigit() or int(level) > limit:
+                raise self.error(f"compression-level must be a whole number from 0 to {limit}")
         return ExportOptions(
             mode=mode,
             compression=compression,
@@ -135,6 +137,7 @@ class CacheContext:
     locator: BlobLocator
     warn: Callable[[str], None]
     stats: Any = None  # kiln.registry.stats.TransferStats, for backends with their own client
+    platform: Platform = field(default_factory=host_platform)  # the build's platform
 
 
 class ImportedCache:

@@ -31,6 +31,10 @@ class CacheFormatError(ValueError):
     """The cache config is not something kiln can read."""
 
 
+# what malformed JSON structures raise when read as if they were well formed
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
     """One step to export: its key, the key before it, and what it produced."""
@@ -80,8 +84,9 @@ def build_config(
                     "mediaType": entry.layer.blob.media_type,
                     "diffID": entry.layer.diff_id,
                     "size": entry.layer.blob.size,
-                    "createdAt": entry.created,
                 }
+                if entry.created:  # Go cannot parse an empty time: leave it out
+                    item["annotations"]["createdAt"] = entry.created
             layer_index[slot] = len(layers_json)
             layers_json.append(item)
             if entry.layer.digest not in {x.digest for x in layers}:
@@ -104,7 +109,10 @@ def _records_json(
         if entry.parent in record_index:
             record["inputs"] = [[{"link": record_index[entry.parent]}]]
         if entry.layer is not None:
-            record["layers"] = [{"layer": layer_index(entry), "createdAt": entry.created}]
+            result: dict[str, Any] = {"layer": layer_index(entry)}
+            if entry.created:
+                result["createdAt"] = entry.created
+            record["layers"] = [result]
         records.append(record)
     return records
 
@@ -123,7 +131,7 @@ def parse_json(data: bytes, what: str) -> dict[str, Any]:
     if len(data) > MAX_CONFIG_SIZE:
         raise CacheFormatError(f"{what} is larger than {MAX_CONFIG_SIZE} bytes")
     try:
-        raw = json.loads(data)
+        raw = json.loads(data, parse_constant=_no_constants)
     except ValueError as exc:
         raise CacheFormatError(f"{what} is not JSON: {exc}") from exc
     if not isinstance(raw, dict):
@@ -131,7 +139,22 @@ def parse_json(data: bytes, what: str) -> dict[str, Any]:
     return raw
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_config(
+    raw: Mapping[str, Any], blobs: Mapping[str, Layer] | None = None
+) -> dict[str, StepRecord]:
+    """Records of a cache config (see :func:`_parse_config`); anything malformed is a
+    :class:`CacheFormatError`, never a crash."""
+    try:
+        return _parse_config(raw, blobs)
+    except MALFORMED as exc:
+        raise CacheFormatError(f"malformed cache config: {exc}") from exc
+
+
+def _parse_config(
     raw: Mapping[str, Any], blobs: Mapping[str, Layer] | None = None
 ) -> dict[str, StepRecord]:
     """Records of a cache config: key → what the step produced.
@@ -155,7 +178,10 @@ def parse_inline(value: str, image_layers: Sequence[Layer]) -> dict[str, StepRec
     records_raw = raw.get("records") or []
     if not isinstance(records_raw, list):
         raise CacheFormatError("records must be a list")
-    return _records(records_raw, list(image_layers))
+    try:
+        return _records(records_raw, list(image_layers))
+    except MALFORMED as exc:
+        raise CacheFormatError(f"malformed inline cache: {exc}") from exc
 
 
 def _layer(item: Any, blobs: Mapping[str, Layer] | None) -> Layer | None:

@@ -30,14 +30,15 @@ from kiln.cache.remote.base import (
 )
 from kiln.cache.remote.convert import convert_layers
 from kiln.cache.remote.format import (
+    MAX_CONFIG_SIZE,
     CacheEntry,
     CacheFormatError,
     build_config,
     parse_config,
     parse_json,
 )
-from kiln.content import BlobStore, DigestMismatch
-from kiln.errors import CacheError, CorruptBlobError, KilnError
+from kiln.content import BlobStore
+from kiln.errors import CacheError, KilnError, MissingBlobError
 from kiln.gha.client import GhaClient
 from kiln.image import ImageConfig
 from kiln.oci import Descriptor, Layer, canonical_json
@@ -132,25 +133,12 @@ class GhaBlobSource:
         self.client = client
 
     def fetch(self, desc: Descriptor, store: BlobStore) -> None:
-        entry = self.client.lookup(blob_key(desc.digest))
-        if entry is None:
-            raise CacheError(f"gha cache blob {desc.digest} is gone (evicted?)")
-        try:
-            with (
-                self.client.open(entry, layer=True) as chunks,
-                store.writer(desc.digest) as sink,
-            ):
-                for chunk in chunks:
-                    sink.write(chunk)
-                    if sink.size > desc.size:
-                        raise CorruptBlobError(
-                            f"gha cache blob {desc.digest} is larger than {desc.size} bytes",
-                            digest=desc.digest,
-                        )
-        except DigestMismatch as exc:
-            raise CorruptBlobError(
-                f"gha cache blob {desc.digest} is corrupt", digest=desc.digest
-            ) from exc
+        key = blob_key(desc.digest)
+        entry = self.client.lookup(key)
+        if entry is None or entry.key != key:
+            raise MissingBlobError(f"gha cache blob {desc.digest} is gone", digest=desc.digest)
+        with self.client.open(entry, layer=True) as chunks:
+            store.ingest(desc, chunks, f"gha cache blob {desc.digest}")
 
 
 class GhaBackend:
@@ -172,25 +160,28 @@ class GhaBackend:
 
     # ------------------------------------------------------------------ import
     def load(self, spec: GhaImport, ctx: CacheContext) -> ImportedCache | None:
+        client: GhaClient | None = None
+        records: dict[str, Any] = {}
         try:
             client = spec.connection.client(ctx)
-            records: dict[str, Any] = {}
             # token scopes in lookup order: earlier ones win on a key present in several
-            for token_scope in client.scopes:
+            for token_scope in (s for s in client.scopes if s.readable):
                 prefix = index_prefix(self.scope(spec.connection), token_scope.name)
                 entry = client.load_mutable(prefix)
                 if entry is None:
                     continue
-                raw = parse_json(client.read_bytes(entry, max_size=16 << 20), entry.key)
+                raw = parse_json(client.read_bytes(entry, max_size=MAX_CONFIG_SIZE), entry.key)
                 for key, record in parse_config(raw).items():
                     records.setdefault(key, record)
         except (KilnError, CacheFormatError) as exc:
             ctx.warn(f"cannot import gha cache: {str(exc).splitlines()[0]}")
-            return None
-        if not records:
-            ctx.warn(
-                f"gha cache scope {self.scope(spec.connection)!r} is empty: building without it"
-            )
+        else:
+            if not records:
+                scope = self.scope(spec.connection)
+                ctx.warn(f"gha cache scope {scope!r} is empty: building without it")
+        if not records or client is None:
+            if client is not None:
+                client.close()
             return None
         return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
                              ctx.locator)  # fmt: skip
@@ -202,7 +193,7 @@ class GhaBackend:
     # ------------------------------------------------------------------ export
     def export(self, spec: GhaExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
         with spec.connection.client(ctx) as client:
-            writable = [s for s in client.scopes if s.permission & 2]
+            writable = [s for s in client.scopes if s.writable]
             if not writable:
                 raise CacheError(
                     "the gha token cannot write to any cache scope",

@@ -11,11 +11,12 @@ and only then are unreferenced blobs removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from kiln.cache.remote.base import (
 from kiln.cache.remote.convert import convert_layers
 from kiln.cache.remote.format import CacheEntry, CacheFormatError, parse_json
 from kiln.cache.remote.manifest import CacheManifest, build_manifest, read_records
-from kiln.content import BlobStore, DigestMismatch
-from kiln.errors import CacheError, CorruptBlobError
+from kiln.content import BlobStore
+from kiln.errors import CacheError, CorruptBlobError, MissingBlobError
 from kiln.image import ImageConfig
 from kiln.oci import INDEX_TYPES, OCI_INDEX, Descriptor, Layer, digest_hex, is_digest, sha256_digest
 from kiln.state import atomic_writer, write_atomic
@@ -76,9 +77,16 @@ class Layout:
             raise CorruptBlobError(f"{self.blob(desc.digest)} is corrupt", digest=desc.digest)
         return data
 
+    def has(self, desc: Descriptor) -> bool:
+        """The blob is here with the right size (a truncated one is rewritten)."""
+        try:
+            return self.blob(desc.digest).stat().st_size == desc.size
+        except OSError:
+            return False
+
     def write_blob(self, digest: str, source: Path | bytes) -> None:
         target = self.blob(digest)
-        if target.is_file():
+        if isinstance(source, bytes) and target.is_file():
             return
         with atomic_writer(target) as fh:
             if isinstance(source, bytes):
@@ -86,6 +94,16 @@ class Layout:
             else:
                 with source.open("rb") as src:
                     shutil.copyfileobj(src, fh, 1 << 20)
+
+
+@contextlib.contextmanager
+def _locked(root: Path, kind: int) -> Iterator[None]:
+    """``flock`` on ``<dir>/.kiln-lock``: exports exclusive, imports shared, so two kiln
+    processes never rewrite the index or collect blobs under each other."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".kiln-lock", "a") as fh:
+        fcntl.flock(fh, kind)
+        yield
 
 
 class LocalBlobSource:
@@ -99,11 +117,10 @@ class LocalBlobSource:
     def fetch(self, desc: Descriptor, store: BlobStore) -> None:
         path = self.layout.blob(desc.digest)
         try:
-            with path.open("rb") as fh, store.writer(desc.digest) as sink:
-                while chunk := fh.read(1 << 20):
-                    sink.write(chunk)
-        except DigestMismatch as exc:
-            raise CorruptBlobError(f"cache blob {path} is corrupt", digest=desc.digest) from exc
+            with path.open("rb") as fh:
+                store.ingest(desc, iter(lambda: fh.read(1 << 20), b""), f"cache blob {path}")
+        except FileNotFoundError as exc:
+            raise MissingBlobError(f"cache blob {path} is gone", digest=desc.digest) from exc
         except OSError as exc:
             raise CacheError(f"cannot read cache blob {path}: {exc}") from exc
 
@@ -142,6 +159,15 @@ class LocalBackend:
     def load(self, spec: LocalImport, ctx: CacheContext) -> ImportedCache | None:
         layout = Layout(spec.src)
         where = f"{spec.src} ({spec.digest or 'tag ' + spec.tag})"
+        if not spec.src.is_dir():
+            ctx.warn(f"no cache at {spec.src}: building without it")
+            return None
+        with _locked(spec.src, fcntl.LOCK_SH):
+            return self._load(layout, spec, where, ctx)
+
+    def _load(
+        self, layout: Layout, spec: LocalImport, where: str, ctx: CacheContext
+    ) -> ImportedCache | None:
         try:
             index = layout.read_index()
         except FileNotFoundError:
@@ -169,6 +195,13 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ export
     def export(self, spec: LocalExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
+        try:
+            with _locked(spec.dest, fcntl.LOCK_EX):
+                self._export(spec, entries, ctx)
+        except OSError as exc:
+            raise CacheError(f"cannot write local cache {spec.dest}: {exc}") from exc
+
+    def _export(self, spec: LocalExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
         layout = Layout(spec.dest)
         layout.blobs.mkdir(parents=True, exist_ok=True)
         index = _read_index_or_empty(layout)
@@ -177,7 +210,7 @@ class LocalBackend:
         kept = _fit(entries, spec, _referenced(layout, others), ctx)
         cache = build_manifest(kept, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes)
         for layer in cache.layers:
-            if not layout.blob(layer.digest).is_file():
+            if not layout.has(layer.blob):
                 ctx.locator.fetch(layer.blob)
                 layout.write_blob(layer.digest, ctx.store.path(layer.digest))
         layout.write_blob(cache.config_desc.digest, cache.config)

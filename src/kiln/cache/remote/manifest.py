@@ -16,6 +16,7 @@ from kiln.cache.remote.format import (
     ANNOTATION_CREATED,
     ANNOTATION_DIFF_ID,
     CACHE_CONFIG_MEDIA_TYPE,
+    MALFORMED,
     CacheEntry,
     CacheFormatError,
     build_config,
@@ -23,6 +24,7 @@ from kiln.cache.remote.format import (
     parse_json,
 )
 from kiln.cache.store import StepRecord
+from kiln.errors import CacheError
 from kiln.oci import (
     DOCKER_MANIFEST_LIST,
     INDEX_TYPES,
@@ -31,6 +33,9 @@ from kiln.oci import (
     Descriptor,
     Layer,
     canonical_json,
+    compression_of,
+    is_digest,
+    layer_media_type,
     sha256_digest,
 )
 
@@ -47,21 +52,19 @@ class CacheManifest:
     def digest(self) -> str:
         return sha256_digest(self.manifest)
 
-    @property
-    def descriptor(self) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, len(self.manifest))
-
 
 def build_manifest(
     entries: Sequence[CacheEntry], *, image_manifest: bool = True, oci: bool = True
 ) -> CacheManifest:
+    if not oci and any(e.layer and e.layer.blob.media_type.endswith("zstd") for e in entries):
+        raise CacheError("zstd layers need OCI media types", hint="drop oci-mediatypes=false")
     config, layers = build_config(entries, annotate=False)
     config_bytes = canonical_json(config)
     config_desc = Descriptor(
         CACHE_CONFIG_MEDIA_TYPE, sha256_digest(config_bytes), len(config_bytes)
     )
     created = {e.layer.digest: e.created for e in entries if e.layer is not None}
-    annotated = [_annotated(layer, created.get(layer.digest, "")) for layer in layers]
+    annotated = [_annotated(x, created.get(x.digest, ""), oci=oci) for x in layers]
     body: dict[str, Any]
     if image_manifest:
         media = OCI_MANIFEST
@@ -81,12 +84,14 @@ def build_manifest(
     return CacheManifest(config_bytes, config_desc, annotated, json.dumps(body).encode(), media)
 
 
-def _annotated(layer: Layer, created: str) -> Layer:
+def _annotated(layer: Layer, created: str, *, oci: bool) -> Layer:
     annotations = {ANNOTATION_DIFF_ID: layer.diff_id}
     if created:
         annotations[ANNOTATION_CREATED] = created
-    return Layer(Descriptor(layer.blob.media_type, layer.digest, layer.blob.size, annotations),
-                 layer.diff_id)  # fmt: skip
+    media = layer.blob.media_type
+    if not oci:
+        media = layer_media_type(compression_of(media), oci=False)
+    return Layer(Descriptor(media, layer.digest, layer.blob.size, annotations), layer.diff_id)
 
 
 def is_cache_manifest(raw: dict[str, Any], media_type: str) -> bool:
@@ -102,19 +107,39 @@ def is_cache_manifest(raw: dict[str, Any], media_type: str) -> bool:
 def read_records(
     raw: dict[str, Any], media_type: str, read_blob: Callable[[Descriptor], bytes], what: str
 ) -> dict[str, StepRecord]:
-    """Records of a cache manifest or index; *read_blob* fetches the (small) config."""
+    """Records of a cache manifest or index; *read_blob* fetches the (small) config.
+    Anything malformed is a :class:`CacheFormatError`."""
+    try:
+        return _read_records(raw, media_type, read_blob, what)
+    except MALFORMED as exc:
+        raise CacheFormatError(f"{what} is malformed: {exc}") from exc
+
+
+def descriptor(raw: Any) -> Descriptor:
+    """A descriptor from untrusted JSON: a dict with a sha256 digest and a size."""
+    if not isinstance(raw, dict) or not is_digest(str(raw.get("digest", ""))):
+        raise CacheFormatError("a descriptor has no valid digest")
+    size = raw.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise CacheFormatError("a descriptor has no valid size")
+    return Descriptor.from_json(raw)
+
+
+def _read_records(
+    raw: dict[str, Any], media_type: str, read_blob: Callable[[Descriptor], bytes], what: str
+) -> dict[str, StepRecord]:
     if media_type in INDEX_TYPES:
-        descs = [Descriptor.from_json(d) for d in raw.get("manifests") or []]
+        descs = [descriptor(d) for d in raw.get("manifests") or []]
         configs = [d for d in descs if d.media_type == CACHE_CONFIG_MEDIA_TYPE]
         layers = [d for d in descs if d.media_type != CACHE_CONFIG_MEDIA_TYPE]
     else:
-        configs = [Descriptor.from_json(raw.get("config") or {"digest": "", "size": 0})]
-        layers = [Descriptor.from_json(d) for d in raw.get("layers") or []]
+        configs = [descriptor(raw.get("config"))]
+        layers = [descriptor(d) for d in raw.get("layers") or []]
     if not configs or configs[0].media_type != CACHE_CONFIG_MEDIA_TYPE:
         raise CacheFormatError(f"{what} is not a cache manifest")
     blobs: dict[str, Layer] = {}
     for desc in layers:
         diff_id = desc.annotations.get(ANNOTATION_DIFF_ID, "")
-        if diff_id:
+        if is_digest(diff_id):  # a layer without a valid diff ID is unusable, not trusted
             blobs[desc.digest] = Layer(Descriptor(desc.media_type, desc.digest, desc.size), diff_id)
     return parse_config(parse_json(read_blob(configs[0]), f"cache config of {what}"), blobs)

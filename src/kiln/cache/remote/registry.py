@@ -11,6 +11,7 @@ image whose config carries ``moby.buildkit.cache.v0``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,22 +25,22 @@ from kiln.cache.remote.base import (
 from kiln.cache.remote.convert import convert_layers
 from kiln.cache.remote.format import (
     INLINE_CONFIG_KEY,
+    MALFORMED,
     CacheEntry,
     CacheFormatError,
     parse_inline,
     parse_json,
 )
-from kiln.cache.remote.manifest import build_manifest, is_cache_manifest, read_records
+from kiln.cache.remote.manifest import build_manifest, descriptor, is_cache_manifest, read_records
 from kiln.cache.store import StepRecord
 from kiln.errors import KilnError, NotFoundError
-from kiln.exporter.registry import blob_source, mount_candidates
+from kiln.exporter.registry import push_blobs
 from kiln.image import ImageConfig
-from kiln.oci import INDEX_TYPES, Descriptor, Layer, host_platform
+from kiln.oci import INDEX_TYPES, Descriptor, Layer, Platform, is_digest
 from kiln.registry.blobsource import RegistryBlobSource
 from kiln.registry.client import RegistryClient
 from kiln.registry.manifest import MANIFEST_ACCEPT, select_platform
 from kiln.registry.reference import Reference
-from kiln.registry.upload import BlobSource
 
 CATEGORY = "cache"
 
@@ -59,8 +60,10 @@ class RegistryExport:
     insecure: bool = False
 
 
-def _ref(attrs: Attrs) -> Reference:
+def _ref(attrs: Attrs, *, exporting: bool = False) -> Reference:
     ref = Reference.parse(attrs.required("ref"))
+    if exporting and ref.digest:
+        raise attrs.error("an export ref needs a tag, not a digest (the cache is tagged)")
     return ref if ref.tag or ref.digest else ref.with_tag("latest")
 
 
@@ -77,7 +80,7 @@ class RegistryBackend:
         )
         image_manifest, oci = attrs.manifest_form()
         return RegistryExport(
-            _ref(attrs),
+            _ref(attrs, exporting=True),
             attrs.export_options(),
             image_manifest,
             oci,
@@ -88,7 +91,7 @@ class RegistryBackend:
     def load(self, spec: RegistryImport, ctx: CacheContext) -> ImportedCache | None:
         client: RegistryClient = ctx.client
         try:
-            records = read_registry_records(client, spec.ref)
+            records = read_registry_records(client, spec.ref, ctx.platform)
         except NotFoundError:
             ctx.warn(f"cache {spec.ref} not found: building without it")
             return None
@@ -107,19 +110,15 @@ class RegistryBackend:
         client: RegistryClient = ctx.client
         entries = convert_layers(entries, spec.options, ctx)
         cache = build_manifest(entries, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes)
-        repo = spec.ref.repo_ref
-        digests = [layer.digest for layer in cache.layers]
-        candidates = [c for c in mount_candidates(ctx.locator, digests) if c != repo]
-        blobs: list[tuple[Descriptor, BlobSource]] = [
-            (x.blob, blob_source(ctx.locator, x.digest, x.blob.size, x.blob.media_type))
-            for x in cache.layers
-        ]
+        blobs: list[tuple[Descriptor, bytes | None]] = [(x.blob, None) for x in cache.layers]
         blobs.append((cache.config_desc, cache.config))
-        client.push_blobs(repo, blobs, candidates, category=CATEGORY)
+        push_blobs(client, spec.ref, blobs, ctx.locator, category=CATEGORY)
         client.put_manifest(spec.ref, cache.manifest, cache.media_type, category=CATEGORY)
 
 
-def read_registry_records(client: RegistryClient, ref: Reference) -> dict[str, StepRecord]:
+def read_registry_records(
+    client: RegistryClient, ref: Reference, platform: Platform
+) -> dict[str, StepRecord]:
     """Records from a cache manifest, a cache index, or an image's inline cache."""
     manifest = client.get_manifest(ref, MANIFEST_ACCEPT, category=CATEGORY)
     raw = manifest.json()
@@ -130,21 +129,27 @@ def read_registry_records(client: RegistryClient, ref: Reference) -> dict[str, S
     if is_cache_manifest(raw, manifest.media_type):
         return read_records(raw, manifest.media_type, read_blob, str(ref))
     if manifest.media_type in INDEX_TYPES:
-        # an image index: the host platform's image may carry an inline cache
-        entry = select_platform(manifest, host_platform(), ref)
+        # an image index: the build platform's image may carry an inline cache
+        entry = select_platform(manifest, platform, ref)
         manifest = client.get_manifest(ref.with_digest(entry.digest), category=CATEGORY)
         raw = manifest.json()
-    config = Descriptor.from_json(raw.get("config") or {"digest": "", "size": 0})
-    layers = [Descriptor.from_json(d) for d in raw.get("layers") or []]
-    image = parse_json(read_blob(config), f"image config of {ref}")
+    try:
+        return _inline_records(raw, read_blob, f"{ref} ({manifest.digest})")
+    except MALFORMED as exc:
+        raise CacheFormatError(f"{ref} is malformed: {exc}") from exc
+
+
+def _inline_records(
+    raw: dict[str, Any], read_blob: Callable[[Descriptor], bytes], what: str
+) -> dict[str, StepRecord]:
+    layers = [descriptor(d) for d in raw.get("layers") or []]
+    image = parse_json(read_blob(descriptor(raw.get("config"))), f"image config of {what}")
     value = image.get(INLINE_CONFIG_KEY)
     if not isinstance(value, str):
-        raise CacheFormatError(f"{ref} is an image without an inline cache")
+        raise CacheFormatError(f"{what} is an image without an inline cache")
     diff_ids = (image.get("rootfs") or {}).get("diff_ids") or []
-    if len(diff_ids) != len(layers):
-        raise CacheFormatError(
-            f"{ref} ({manifest.digest}) lists {len(layers)} layers but {len(diff_ids)} diff IDs"
-        )
+    if len(diff_ids) != len(layers) or not all(is_digest(str(d)) for d in diff_ids):
+        raise CacheFormatError(f"{what}: its layers and diff IDs do not match")
     image_layers = [
         Layer(Descriptor(d.media_type, d.digest, d.size), str(diff))
         for d, diff in zip(layers, diff_ids, strict=True)
