@@ -61,6 +61,7 @@ _MEMO_MAX_ENTRIES = 500_000
 # also absorbs clock steps and file servers with their own clocks).
 _TICK_NS = 100_000_000
 _RACY_NS = 2_000_000_000
+_SMALL_FILE = 1 << 16
 
 _FileKey = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
 
@@ -420,7 +421,10 @@ class BuildContext:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise ContextError(f'"{spath}" changed while it was read')
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            if before.st_size <= _SMALL_FILE:  # one read: no per-file 256 KiB buffer
+                digest = hashlib.sha256(os.read(fd, _SMALL_FILE + 1)).hexdigest()
+            else:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
             after = os.fstat(fd)
         key = _key(before)
         changed = max(after.st_mtime_ns, after.st_ctime_ns)

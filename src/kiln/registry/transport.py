@@ -103,8 +103,9 @@ class Transport:
         self.insecure = frozenset(insecure)
         self._timeout = timeout or httpx.Timeout(60.0, connect=15.0)
         self._mock = transport
-        # The system CA store (which carries any site proxy's CA), not certifi's copy.
-        self._secure = self._make_client(ssl.create_default_context())
+        # Made on first use: loading the system CA store costs ~50 ms, and loopback
+        # registries (plain HTTP) never need it.
+        self._secure: httpx.Client | None = None
         self._unverified: httpx.Client | None = None
         self._schemes: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -119,9 +120,9 @@ class Transport:
         )
 
     def close(self) -> None:
-        self._secure.close()
-        if self._unverified is not None:
-            self._unverified.close()
+        for client in (self._secure, self._unverified):
+            if client is not None:
+                client.close()
 
     # -- where a host lives ------------------------------------------------------
     def base_url(self, host: str) -> str:
@@ -151,13 +152,16 @@ class Transport:
         return "https"
 
     def _client_for(self, url: str) -> httpx.Client:
-        host = httpx.URL(url).netloc.decode()
-        if host in self.insecure:
-            with self._lock:
-                if self._unverified is None:
+        parsed = httpx.URL(url)
+        with self._lock:
+            if parsed.scheme == "http" or parsed.netloc.decode() in self.insecure:
+                if self._unverified is None:  # plain HTTP, or TLS without verification
                     self._unverified = self._make_client(False)
                 return self._unverified
-        return self._secure
+            if self._secure is None:
+                # the system CA store (which carries any site proxy's CA), not certifi's
+                self._secure = self._make_client(ssl.create_default_context())
+            return self._secure
 
     # -- sending -----------------------------------------------------------------
     def send(

@@ -19,7 +19,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
@@ -39,9 +39,11 @@ from kiln.cache.remote.format import (
 )
 from kiln.content import BlobStore
 from kiln.errors import CacheError, KilnError, MissingBlobError
-from kiln.gha.client import GhaClient
 from kiln.image import ImageConfig
 from kiln.oci import Descriptor, Layer, canonical_json
+
+if TYPE_CHECKING:
+    from kiln.gha.client import GhaClient
 
 VERSION = "1"
 CATEGORY = "cache"
@@ -62,6 +64,8 @@ class GhaConnection:
     scope: str | None  # None: derived from the build (see module docstring)
 
     def client(self, ctx: CacheContext) -> GhaClient:
+        from kiln.gha.client import GhaClient  # only builds that use gha pay for it
+
         return GhaClient(
             token=self.token,
             url=self.url,
