@@ -7,6 +7,7 @@ finalising with the manifest once every blob is present.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -164,7 +165,10 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
     blobs = BlobStore(root.blobs)
     locator = BlobLocator(blobs)
     stats = TransferStats()
-    with RegistryClient(DockerConfig(), stats=stats, insecure=_insecure_hosts(options)) as client:
+    with (
+        contextlib.ExitStack() as stack,
+        RegistryClient(DockerConfig(), stats=stats, insecure=_insecure_hosts(options)) as client,
+    ):
         context, dockerfile = _context(options, root)
         plan_options = PlanOptions(
             platform=options.platform or host_platform(),
@@ -193,6 +197,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
             options.cache_from,
             options.cache_to,
         )
+        stack.callback(caches.close)
         remote = caches.load()
         snapshots = SnapshotStore(root, blobs)
         local = LocalCache(root.cache_keys, blobs)

@@ -150,6 +150,21 @@ class GhaBackend:
 
     def __init__(self, default_scope: str = "buildkit") -> None:
         self.default_scope = default_scope
+        self._clients: dict[GhaConnection, GhaClient] = {}
+        # what this build imported: blobs the service holds, index bytes by index prefix
+        self._known_blobs: set[str] = set()
+        self._indexes: dict[str, bytes] = {}
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def _client(self, connection: GhaConnection, ctx: CacheContext) -> GhaClient:
+        """One client per connection for the whole build (import, lazy fetches, export)."""
+        if connection not in self._clients:
+            self._clients[connection] = connection.client(ctx)
+        return self._clients[connection]
 
     def parse_import(self, attrs: Attrs) -> GhaImport:
         attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS)
@@ -167,16 +182,19 @@ class GhaBackend:
         client: GhaClient | None = None
         records: dict[str, Any] = {}
         try:
-            client = spec.connection.client(ctx)
+            client = self._client(spec.connection, ctx)
             # token scopes in lookup order: earlier ones win on a key present in several
             for token_scope in (s for s in client.scopes if s.readable):
                 prefix = index_prefix(self.scope(spec.connection), token_scope.name)
                 entry = client.load_mutable(prefix)
                 if entry is None:
                     continue
-                raw = parse_json(client.read_bytes(entry, max_size=MAX_CONFIG_SIZE), entry.key)
-                for key, record in parse_config(raw).items():
+                data = client.read_bytes(entry, max_size=MAX_CONFIG_SIZE)
+                self._indexes[prefix] = data
+                for key, record in parse_config(parse_json(data, entry.key)).items():
                     records.setdefault(key, record)
+                    if record.layer is not None:
+                        self._known_blobs.add(record.layer.digest)
         except (KilnError, CacheFormatError) as exc:
             ctx.warn(f"cannot import gha cache: {str(exc).splitlines()[0]}")
         else:
@@ -184,8 +202,6 @@ class GhaBackend:
                 scope = self.scope(spec.connection)
                 ctx.warn(f"gha cache scope {scope!r} is empty: building without it")
         if not records or client is None:
-            if client is not None:
-                client.close()
             return None
         return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
                              ctx.locator)  # fmt: skip
@@ -196,28 +212,32 @@ class GhaBackend:
 
     # ------------------------------------------------------------------ export
     def export(self, spec: GhaExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
-        with spec.connection.client(ctx) as client:
-            writable = [s for s in client.scopes if s.writable]
-            if not writable:
-                raise CacheError(
-                    "the gha token cannot write to any cache scope",
-                    hint="a read-only token (e.g. a pull request's) can only import",
-                )
-            entries = convert_layers(entries, spec.options, ctx)
-            config, layers = build_config(entries, annotate=True)
+        client = self._client(spec.connection, ctx)
+        writable = [s for s in client.scopes if s.writable]
+        if not writable:
+            raise CacheError(
+                "the gha token cannot write to any cache scope",
+                hint="a read-only token (e.g. a pull request's) can only import",
+            )
+        entries = convert_layers(entries, spec.options, ctx)
+        config, layers = build_config(entries, annotate=True)
 
-            def upload(layer: Layer) -> None:
-                key = blob_key(layer.digest)
-                if client.lookup(key) is not None:
-                    return  # already there: entries are immutable
-                ctx.locator.fetch(layer.blob)
-                client.save(key, ctx.store.path(layer.digest))
+        def upload(layer: Layer) -> None:
+            if layer.digest in self._known_blobs:
+                return  # named by an index this build just read: the service has it
+            key = blob_key(layer.digest)
+            if client.lookup(key) is not None:
+                return  # already there: entries are immutable
+            ctx.locator.fetch(layer.blob)
+            client.save(key, ctx.store.path(layer.digest))
 
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                for _ in pool.map(upload, layers):
-                    pass
-            prefix = index_prefix(self.scope(spec.connection), writable[0].name)
-            client.save_mutable(prefix, canonical_json(config))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in pool.map(upload, layers):
+                pass
+        prefix = index_prefix(self.scope(spec.connection), writable[0].name)
+        data = canonical_json(config)
+        if self._indexes.get(prefix) != data:  # an unchanged index is not saved again
+            client.save_mutable(prefix, data)
 
 
 def default_scope(context: str, dockerfile: str, target: str | None, platform: str) -> str:

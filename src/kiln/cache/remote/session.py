@@ -81,6 +81,13 @@ class RemoteCaches:
             self._selected[mode] = select_entries(result, lookup, mode)
         return self._selected[mode]
 
+    def close(self) -> None:
+        """Release what backends hold for the build (connections)."""
+        for backend in self.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
+
     def invalidate(self, digest: str) -> bool:
         return any([cache.invalidate(digest) for cache in self.loaded])
 

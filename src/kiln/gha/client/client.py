@@ -10,6 +10,7 @@ chunks streamed from the file; downloads are streamed and resume with ``Range``.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,8 +99,14 @@ class GhaClient:
             )
         base = _checked_url(base, "url" if api_version == 1 else "url_v2")
         per_try = max(1.0, min(timeout, 120.0))
+        # HTTPS: the system CA store (it carries any site proxy's CA), not certifi's copy.
+        # A plain-HTTP service (kiln cache serve on a trusted network) gets no TLS setup.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context() if base.startswith("https:") else False
+        )
         self._http = httpx.Client(
             transport=transport,
+            verify=verify,
             timeout=httpx.Timeout(per_try, connect=min(per_try, 30.0)),
             headers={"User-Agent": USER_AGENT},
             # callers bound concurrency (their threads, `parallel` per upload): no pool
