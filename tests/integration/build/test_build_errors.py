@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.fixtures.build import make_context
+from tests.fixtures.build import corrupt, make_context
 
 pytestmark = pytest.mark.integration
 
@@ -126,9 +126,7 @@ def test_failed_push_leaves_no_manifest(kiln, busybox_image, registry, tmp_path:
     # corrupt the locally stored layer (same size, other bytes): the registry refuses
     # its upload by digest verification
     blobs = sorted((root / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
-    data = bytearray(blobs[-1].read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blobs[-1].write_bytes(bytes(data))
+    corrupt(blobs[-1])
     run = kiln("build", "-t", ref, "--push", ctx, root=root)
     assert run.returncode != 0
     assert "Traceback" not in run.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.fixtures.build import make_context
+from tests.fixtures.build import corrupt, make_context
 from tests.fixtures.gha import GhaServer
 
 pytestmark = pytest.mark.integration
@@ -145,9 +145,7 @@ def test_corrupted_blob_is_never_used(kiln, busybox_image, gha_server_factory, c
     for entry in (server.root / "storage" / "entries").rglob("*"):
         data = entry.read_bytes() if entry.is_file() else b""
         if data.startswith(b"\x1f\x8b"):  # a gzip layer blob, not the JSON index
-            flipped = bytearray(data)
-            flipped[len(flipped) // 2] ^= 0xFF
-            entry.write_bytes(bytes(flipped))
+            corrupt(entry)
             corrupted += 1
     assert corrupted >= 3
     (ctx / "last.txt").write_text("v2\n")

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.fixtures.build import make_context
+from tests.fixtures.build import corrupt, make_context
 from tests.fixtures.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -331,9 +331,7 @@ def test_corrupted_blob_in_the_cache_is_never_used(kiln, busybox_image, tmp_path
     manifest_hex = json.loads((cache / "index.json").read_text())["manifests"][0]["digest"][7:]
     manifest = json.loads((cache / "blobs" / "sha256" / manifest_hex).read_text())
     target = cache / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    target.write_bytes(bytes(data))
+    corrupt(target)
     out = tmp_path / "out"
     run = kiln(
         "build",
@@ -418,9 +416,7 @@ def test_corrupted_blob_in_a_registry_cache_is_never_used(
     )
     run_layer = raw["layers"][0]["digest"][7:]
     (data,) = [p for p in registry_blob_files(registry) if p.parent.name == run_layer]
-    corrupted = bytearray(data.read_bytes())
-    corrupted[len(corrupted) // 2] ^= 0xFF
-    data.write_bytes(bytes(corrupted))
+    corrupt(data)
     # the COPY misses, so the corrupted RUN layer must be fetched: it fails verification
     (ctx / "last.txt").write_text("v2\n")
     out = tmp_path / "out"
@@ -504,9 +500,7 @@ def test_an_interrupted_export_leaves_the_previous_cache_usable(
     root = tmp_path / "b"
     kiln("build", *base, ctx, root=root).check()
     newest = max((root / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
-    data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    newest.write_bytes(bytes(data))
+    corrupt(newest)
     broken = kiln("build", *base, *to, ctx, root=root)
     assert broken.returncode != 0 and "Traceback" not in broken.stderr
     (ctx / "f").write_text("1")
