@@ -13,43 +13,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.cache.records import StepRecord
 from kiln.content import BlobStore
-from kiln.oci import Descriptor, Layer, digest_hex, is_digest
+from kiln.oci import Layer, digest_hex
 from kiln.state import write_atomic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    layer: Layer | None
-    created: str
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"created": self.created}
-        if self.layer is not None:
-            out["layer"] = {**self.layer.blob.to_json(), "diffID": self.layer.diff_id}
-        return out
-
-    @classmethod
-    def from_json(cls, raw: dict[str, object]) -> StepRecord:
-        created = raw["created"]
-        if not isinstance(created, str):
-            raise ValueError("created is not a string")
-        layer_raw = raw.get("layer")
-        layer = None
-        if layer_raw is not None:
-            if not isinstance(layer_raw, dict):
-                raise ValueError("layer is not an object")
-            desc = Descriptor.from_json(layer_raw)
-            diff_id = str(layer_raw["diffID"])
-            if not is_digest(desc.digest) or not is_digest(diff_id):
-                raise ValueError("bad digest")
-            layer = Layer(desc, diff_id)
-        return cls(layer, created)
 
 
 class LocalCache:

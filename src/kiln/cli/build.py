@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kiln.build import BuildOptions, cache_backends, run_build
-from kiln.cache.remote.session import parse_cache_flag
+from kiln.attrs import Attrs, flag_error
+from kiln.build import BuildOptions, cache_backends, exporters, run_build
+from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
 from kiln.cli.progress import RichProgress, make_progress
 from kiln.errors import UsageError
-from kiln.exporter.base import parse_outputs, split_attrs
+from kiln.exporter.base import parse_outputs
 
 
 def register(sub: Any) -> None:
@@ -80,22 +81,24 @@ def _secret_file(value: str) -> Path:
 
 
 def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--secret id=ID,src=FILE`` or ``id=ID,env=VAR`` → (id, host file) pairs."""
     out = []
     for text in values:
-        attrs = split_attrs(text, flag="--secret")
-        sid = attrs.pop("id", "")
-        src = attrs.pop("src", "") or attrs.pop("source", "")
-        env = attrs.pop("env", "")
-        if attrs or not sid or not (src or env):
-            raise UsageError(f"--secret {text!r}: expected id=ID,src=FILE or id=ID,env=VAR")
+        attrs = Attrs.parse(text, flag_error("--secret", text), aliases={"source": "src"})
+        attrs.check({"id", "src", "env", "type"}, attrs.get("type", "file"))
+        sid, src, env = attrs.get("id"), attrs.get("src"), attrs.get("env")
+        if not sid or not (src or env) or (src and env):
+            raise attrs.error("expected id=ID,src=FILE or id=ID,env=VAR")
+        if attrs.get("type", "env" if env else "file") != ("env" if env else "file"):
+            raise attrs.error("type must be file (with src=) or env (with env=)")
         if env:
             value = os.environ.get(env)
             if value is None:
-                raise UsageError(f"--secret {text!r}: environment variable {env} is not set")
+                raise attrs.error(f"environment variable {env} is not set")
             out.append((sid, str(_secret_file(value))))
             continue
         if not Path(src).is_file():
-            raise UsageError(f"--secret {text!r}: {src} is not a file")
+            raise attrs.error(f"{src} is not a file")
         out.append((sid, str(Path(src).absolute())))
     return tuple(out)
 
@@ -105,6 +108,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
     tags = tuple(args.tags)
     backends = cache_backends()
+    outputs = exporters()
     platform = None
     if args.platform:
         try:
@@ -131,15 +135,15 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         target=args.target,
         labels=_pairs(args.labels, "--label"),
         no_cache=args.no_cache,
-        outputs=tuple(parse_outputs(args.outputs, tags, args.push)),
+        outputs=tuple(parse_outputs(args.outputs, tags, args.push, outputs)),
         network=args.network,
         metadata_file=args.metadata_file,
         platform=platform,
         source_date_epoch=epoch,
         secrets=_secrets(args.secrets),
         compression=args.compression,
-        cache_from=tuple(parse_cache_flag(v, "--cache-from", backends) for v in args.cache_from),
-        cache_to=tuple(parse_cache_flag(v, "--cache-to", backends) for v in args.cache_to),
+        cache_from=tuple(parse_cache_from(v, backends) for v in args.cache_from),
+        cache_to=tuple(parse_cache_to(v, backends) for v in args.cache_to),
     )
 
 

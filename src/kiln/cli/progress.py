@@ -16,8 +16,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from kiln.cache.records import CacheSource
 from kiln.frontend.base import Step
-from kiln.solver.types import CacheSource, Progress
+from kiln.solver.types import Progress
 
 
 class _Numbering:

@@ -26,10 +26,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from kiln.content import BlobStore
-from kiln.differ.compress import check_compression, compressor
-from kiln.differ.sink import LayerSink
-from kiln.differ.tarstream import (
+from kiln.archive.compress import check_compression, compressor
+from kiln.archive.tarstream import (
     BLK,
     CHR,
     DIR,
@@ -42,9 +40,7 @@ from kiln.differ.tarstream import (
     encode_header,
     padding,
 )
-from kiln.errors import RuntimeFailure
-from kiln.oci import Descriptor, Layer, layer_media_type
-from kiln.snapshot.whiteouts import (
+from kiln.archive.whiteouts import (
     OPAQUE_MARKER,
     OVERLAY_METACOPY_XATTR,
     OVERLAY_OPAQUE_XATTR,
@@ -53,6 +49,10 @@ from kiln.snapshot.whiteouts import (
     is_overlay_whiteout,
     whiteout_name,
 )
+from kiln.content import BlobStore
+from kiln.differ.sink import LayerSink
+from kiln.errors import RuntimeFailure
+from kiln.oci import Descriptor, Layer, layer_media_type
 
 COPY_SIZE = 1 << 20  # read size for file contents
 

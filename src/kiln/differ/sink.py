@@ -14,8 +14,8 @@ import queue
 import threading
 from types import TracebackType
 
+from kiln.archive.compress import Compressor
 from kiln.content import BlobWriter
-from kiln.differ.compress import Compressor
 
 FLUSH_AT = 1 << 20  # batch small writes up to this size
 DIRECT = 1 << 16  # writes at least this big are passed on as they are

@@ -16,15 +16,13 @@ import subprocess
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 from kiln.errors import RuntimeFailure, StepFailedError
+from kiln.executor.base import OutputSink
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.spec import RunSpec, runtime_spec
 from kiln.state import KilnRoot
-
-OutputSink = Callable[[str], None]
 
 _STATE_ROOT = "/run/kiln/runtime"
 TAIL_LINES = 12

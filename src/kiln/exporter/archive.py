@@ -11,15 +11,58 @@ import io
 import json
 import os
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.attrs import Attrs
 from kiln.content import BlobLocator
 from kiln.errors import KilnError
+from kiln.exporter.base import ExportContext, Exporter, image_names
 from kiln.exporter.image import ImageArtifacts
 from kiln.oci import OCI_INDEX, Descriptor, digest_hex
 from kiln.registry.reference import Reference
 
 _EPOCH = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TarOutput:
+    kind: str  # "oci" | "docker"
+    dest: str
+    names: tuple[str, ...] = ()
+    oci_mediatypes: bool = True
+
+
+class OciArchiveExporter(Exporter[TarOutput]):
+    """``type=oci,dest=FILE``: an OCI image layout in a tar."""
+
+    name = "oci"
+    attributes = frozenset({"dest", "name", "oci-mediatypes"})
+
+    def parse(self, attrs: Attrs, tags: tuple[str, ...]) -> TarOutput:
+        names = image_names(attrs, tags)
+        for name in names:
+            Reference.parse(name)
+        return TarOutput(self.name, attrs.required("dest", self.name), names,
+                         attrs.boolean("oci-mediatypes", True))  # fmt: skip
+
+    def names(self, spec: TarOutput) -> tuple[str, ...]:
+        return spec.names
+
+    def oci_mediatypes(self, spec: TarOutput) -> bool:
+        return spec.oci_mediatypes
+
+    def export(self, spec: TarOutput, ctx: ExportContext) -> list[str]:
+        ctx.message(f"writing {spec.kind} archive {spec.dest}")
+        write_image_tar(ctx.images.get(spec.oci_mediatypes), Path(spec.dest), kind=spec.kind,
+                        names=spec.names, locator=ctx.locator)  # fmt: skip
+        return []
+
+
+class DockerArchiveExporter(OciArchiveExporter):
+    """``type=docker,dest=FILE``: the same tar plus ``manifest.json``, for ``docker load``."""
+
+    name = "docker"
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -40,9 +83,8 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
 
 def _ref_name(name: str) -> tuple[str, str]:
     ref = Reference.parse(name)
-    ref = ref if ref.tag else ref.with_tag("latest")
-    assert ref.tag is not None
-    return str(ref), ref.tag
+    tag = ref.tag_or_default
+    return str(ref if ref.tag else ref.with_tag(tag)), tag
 
 
 def write_image_tar(

@@ -1,131 +1,156 @@
-"""Outputs (``-o/--output``, ``--push``) parsed at the edge into typed specs.
+"""The output plug-in point: ``-o/--output type=…`` (and ``--push``), as buildx.
 
-As buildx: ``type=registry`` (or ``type=image,push=true``) pushes every ``-t`` tag (or
-``name=``); ``type=oci,dest=F`` / ``type=docker,dest=F`` write image tarballs;
-``type=local,dest=D`` writes the root filesystem; a bare path means ``type=local``.
+An :class:`Exporter` is registered by its ``type=`` name in the composition root
+(:func:`kiln.build.exporters`), exactly like the cache backends: it parses the attributes
+of one ``--output`` value into its own frozen spec before the build starts, and exports
+the finished image from that spec. A parsed value stays bound to its exporter
+(:class:`Output`), so the build treats every output alike. Adding an output type: one
+module with a spec and an ``Exporter`` subclass, and one registration line.
 """
 
 from __future__ import annotations
 
-import csv
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Generic, Protocol, TypeVar
 
+from kiln.attrs import Attrs, flag_error
+from kiln.content import BlobLocator
 from kiln.errors import UsageError
+from kiln.exporter.image import ImageSet
+from kiln.registry.client import RegistryClient
 
+S = TypeVar("S")
 
-@dataclass(frozen=True, slots=True)
-class RegistryOutput:
-    names: tuple[str, ...]
-    push: bool = True
-    oci_mediatypes: bool = True
-    insecure: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TarOutput:
-    kind: str  # "oci" | "docker"
-    dest: str
-    names: tuple[str, ...] = ()
-    oci_mediatypes: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class LocalOutput:
-    dest: str
-
-
-Output = RegistryOutput | TarOutput | LocalOutput
-
-_ATTRS = {
-    "registry": {"name", "push", "oci-mediatypes", "registry.insecure"},
-    "image": {"name", "push", "oci-mediatypes", "registry.insecure"},
-    "oci": {"dest", "name", "oci-mediatypes"},
-    "docker": {"dest", "name", "oci-mediatypes"},
-    "local": {"dest"},
-}
 # buildx takes these per output; kiln compresses layers once, for every output
 _COMPRESSION_ATTRS = {"compression", "compression-level", "force-compression"}
 
 
-def split_attrs(text: str, *, flag: str) -> dict[str, str]:
-    """``k=v,k2="a,b"`` → dict (CSV quoting, as buildx), rejecting repeats and bare words."""
-    out: dict[str, str] = {}
-    try:
-        fields = next(csv.reader([text], skipinitialspace=True)) if text else []
-    except csv.Error as exc:
-        raise UsageError(f"{flag} {text!r}: {exc}") from exc
-    for item in fields:
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if not eq or not key:
-            raise UsageError(
-                f"{flag} {text!r}: {item!r} is not key=value",
-                hint=f"write {flag} type=<type>,key=value,...",
-            )
-        if key in out:
-            raise UsageError(f"{flag} {text!r}: {key} is given twice")
-        out[key] = value
-    return out
+@dataclass(frozen=True, slots=True)
+class ExportContext:
+    """What exporters work with once the image is built."""
+
+    images: ImageSet
+    client: RegistryClient
+    locator: BlobLocator
+    message: Callable[[str], None]
+    scratch: Callable[[str], Path]  # a fresh private directory, by name prefix
 
 
-def parse_bool(value: str, *, what: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", ""):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise UsageError(f"{what} must be true or false, not {value!r}")
+class Exporter(ABC, Generic[S]):
+    """One output type: a stateless parser and the export itself."""
+
+    name: ClassVar[str]
+    attributes: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def parse(self, attrs: Attrs, tags: tuple[str, ...]) -> S:
+        """A typed spec (attributes already checked against :attr:`attributes`)."""
+
+    @abstractmethod
+    def export(self, spec: S, ctx: ExportContext) -> list[str]:
+        """Write the output; the references pushed (``name:tag@digest``), if any."""
+
+    def names(self, spec: S) -> tuple[str, ...]:
+        """Image names the output uses (validated before the build starts)."""
+        return ()
+
+    def oci_mediatypes(self, spec: S) -> bool | None:
+        """The media types the output's manifest uses; None: it writes no manifest."""
+        return None
+
+    def insecure_hosts(self, spec: S) -> frozenset[str]:
+        return frozenset()
+
+    def bind(self, attrs: Attrs, text: str, tags: tuple[str, ...]) -> OutputFlag:
+        attrs.check(self.attributes, self.name)
+        return Output(self, self.parse(attrs, tags), text)
 
 
-def parse_output(text: str, tags: tuple[str, ...]) -> Output:
-    if text == "-" or ("=" not in text and "," not in text):
-        if text == "-":
-            raise UsageError("--output - (a tar on stdout) is not supported", hint="use dest=FILE")
-        return LocalOutput(text)
-    attrs = split_attrs(text, flag="--output")
-    kind = attrs.pop("type", "")
-    if kind not in _ATTRS:
+class OutputFlag(Protocol):
+    """One ``--output`` value bound to its exporter."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def oci_mediatypes(self) -> bool | None: ...
+    @property
+    def insecure_hosts(self) -> frozenset[str]: ...
+    def export(self, ctx: ExportContext) -> list[str]: ...
+
+
+class OutputType(Protocol):
+    @property
+    def name(self) -> str: ...
+    def bind(self, attrs: Attrs, text: str, tags: tuple[str, ...]) -> OutputFlag: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Generic[S]):
+    exporter: Exporter[S]
+    spec: S
+    text: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.exporter.names(self.spec)
+
+    @property
+    def oci_mediatypes(self) -> bool | None:
+        return self.exporter.oci_mediatypes(self.spec)
+
+    @property
+    def insecure_hosts(self) -> frozenset[str]:
+        return self.exporter.insecure_hosts(self.spec)
+
+    def export(self, ctx: ExportContext) -> list[str]:
+        return self.exporter.export(self.spec, ctx)
+
+
+def image_names(attrs: Attrs, tags: tuple[str, ...]) -> tuple[str, ...]:
+    """``name=a,b`` (quoted, as one attribute) or else the build's ``-t`` tags."""
+    return tuple(n for n in attrs.get("name").split(",") if n) or tags
+
+
+def parse_output(text: str, tags: tuple[str, ...], exporters: Mapping[str, OutputType]
+                 ) -> OutputFlag:  # fmt: skip
+    """One ``--output`` value; a bare path means ``type=local,dest=<it>``."""
+    if text == "-":
+        raise UsageError("--output - (a tar on stdout) is not supported", hint="use dest=FILE")
+    if "=" not in text and "," not in text:
+        attrs, kind = Attrs({"dest": text}, flag_error("--output", text)), "local"
+    else:
+        attrs = Attrs.parse(text, flag_error("--output", text))
+        kind = attrs.pop("type")
+    exporter = exporters.get(kind)
+    if exporter is None:
         raise UsageError(
             f"--output {text!r}: unknown type {kind!r}",
-            hint="known types: " + ", ".join(sorted(_ATTRS)),
+            hint="known types: " + ", ".join(sorted(exporters)),
         )
-    if set(attrs) & _COMPRESSION_ATTRS:
-        raise UsageError(
-            f"--output {text!r}: compression is set for the whole build, not per output",
+    if set(attrs.values) & _COMPRESSION_ATTRS:
+        raise attrs.error(
+            "compression is set for the whole build, not per output",
             hint="use kiln build --compression gzip|zstd|uncompressed",
         )
-    unknown = sorted(set(attrs) - _ATTRS[kind])
-    if unknown:
-        raise UsageError(
-            f"--output {text!r}: unknown attribute {unknown[0]!r} for type={kind}",
-            hint="known: " + ", ".join(sorted(_ATTRS[kind])),
-        )
-    names = tuple(n for n in attrs.get("name", "").split(",") if n) or tags
-    oci = parse_bool(attrs.get("oci-mediatypes", "true"), what="oci-mediatypes")
-    if kind in ("registry", "image"):
-        push = parse_bool(attrs.get("push", "true" if kind == "registry" else "false"), what="push")
-        if push and not names:
-            raise UsageError(
-                f"--output {text!r}: no image name to push",
-                hint="give one with -t NAME or name=NAME",
-            )
-        insecure = parse_bool(attrs.get("registry.insecure", "false"), what="registry.insecure")
-        return RegistryOutput(names, push, oci, insecure)
-    dest = attrs.get("dest", "")
-    if not dest:
-        raise UsageError(
-            f"--output {text!r}: dest is required for type={kind}",
-            hint=f"write --output type={kind},dest=PATH",
-        )
-    if kind == "local":
-        return LocalOutput(dest)
-    return TarOutput(kind, dest, names, oci)
+    return exporter.bind(attrs, text, tags)
 
 
-def parse_outputs(values: list[str], tags: tuple[str, ...], push: bool) -> list[Output]:
-    outputs = [parse_output(v, tags) for v in values]
+def parse_outputs(values: Sequence[str], tags: tuple[str, ...], push: bool,
+                  exporters: Mapping[str, OutputType]) -> list[OutputFlag]:  # fmt: skip
+    outputs = [parse_output(v, tags, exporters) for v in values]
     if push:
         if not tags:
             raise UsageError("--push needs at least one -t/--tag")
-        outputs.append(RegistryOutput(tags))
+        outputs.append(parse_output("type=registry", tags, exporters))
     return outputs
+
+
+def default_oci_mediatypes(outputs: Sequence[OutputFlag]) -> bool:
+    """OCI media types unless every output that writes a manifest asks for Docker's."""
+    flags = [f for f in (o.oci_mediatypes for o in outputs) if f is not None]
+    return any(flags) if flags else True

@@ -72,3 +72,17 @@ def assemble(config: ImageConfig, layers: list[Layer], *, oci: bool = True) -> I
         OCI_MANIFEST if oci else DOCKER_MANIFEST, sha256_digest(manifest_bytes), len(manifest_bytes)
     )
     return ImageArtifacts(config_bytes, config_desc, manifest_bytes, manifest_desc, tuple(layers))
+
+
+class ImageSet:
+    """The final image, assembled once per media-type flavour the outputs ask for."""
+
+    def __init__(self, config: ImageConfig, layers: list[Layer]) -> None:
+        self.config = config
+        self.layers = layers
+        self._made: dict[bool, ImageArtifacts] = {}
+
+    def get(self, oci: bool) -> ImageArtifacts:
+        if oci not in self._made:
+            self._made[oci] = assemble(self.config, self.layers, oci=oci)
+        return self._made[oci]

@@ -10,12 +10,35 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.attrs import Attrs
 from kiln.content import BlobLocator
 from kiln.errors import KilnError
+from kiln.exporter.base import ExportContext, Exporter
 from kiln.oci import Layer, compression_of
 from kiln.snapshot.unpack import unpack_layer
+
+
+@dataclass(frozen=True, slots=True)
+class LocalOutput:
+    dest: str
+
+
+class LocalExporter(Exporter[LocalOutput]):
+    """``type=local,dest=DIR`` (or a bare ``DIR``)."""
+
+    name = "local"
+    attributes = frozenset({"dest"})
+
+    def parse(self, attrs: Attrs, tags: tuple[str, ...]) -> LocalOutput:
+        return LocalOutput(attrs.required("dest", self.name))
+
+    def export(self, spec: LocalOutput, ctx: ExportContext) -> list[str]:
+        ctx.message(f"writing root filesystem to {spec.dest}")
+        write_rootfs(ctx.images.layers, Path(spec.dest), ctx.locator, ctx.scratch("rootfs-"))
+        return []
 
 
 def write_rootfs(layers: list[Layer], dest: Path, locator: BlobLocator, scratch: Path) -> None:

@@ -1,85 +1,67 @@
-"""Pushing an image: every blob verified present (HEAD, mount or upload), manifest last.
-
-A layer that is not on this machine (a base-image layer, a remote-cache hit) is not
-downloaded when the destination already has it or can mount it from another repository
-of the same registry; only when it must really be uploaded is it fetched first.
-"""
+"""``type=registry`` / ``type=image`` (and ``--push``): the image pushed under every name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
-from kiln.content import BlobLocator
-from kiln.errors import UsageError
-from kiln.exporter.image import ImageArtifacts
-from kiln.oci import Descriptor
-from kiln.registry.client import RegistryClient
+from kiln.attrs import Attrs
+from kiln.exporter.base import ExportContext, Exporter, image_names
+from kiln.registry.push import push_manifest
 from kiln.registry.reference import Reference
-from kiln.registry.upload import BlobSource
+
+_ATTRS = frozenset({"name", "push", "oci-mediatypes", "registry.insecure"})
 
 
-def blob_source(
-    locator: BlobLocator, digest: str, size: int, media_type: str
-) -> Callable[[], Path]:
-    """A lazy source for a blob: fetched into the local store only when called."""
-
-    def materialise() -> Path:
-        locator.fetch(Descriptor(media_type, digest, size))
-        return locator.store.path(digest)
-
-    return materialise
+@dataclass(frozen=True, slots=True)
+class RegistryOutput:
+    names: tuple[str, ...]
+    push: bool = True
+    oci_mediatypes: bool = True
+    insecure: bool = False
 
 
-def mount_candidates(locator: BlobLocator, digest: str, repo: Reference) -> list[Reference]:
-    """Other repositories of *repo*'s registry known to hold *digest* (mount sources)."""
-    out: list[Reference] = []
-    for provider in locator.providers(digest):
-        if not provider.location:
-            continue  # a cache directory or the gha service: not mountable
-        try:
-            ref = Reference.parse(provider.location).repo_ref
-        except UsageError:
-            continue
-        if ref.registry == repo.registry and ref != repo and ref not in out:
-            out.append(ref)
-    return out
+class RegistryExporter(Exporter[RegistryOutput]):
+    """``type=registry``: push by default (``type=image`` pushes only with push=true)."""
+
+    name = "registry"
+    attributes = _ATTRS
+    push_default = True
+
+    def parse(self, attrs: Attrs, tags: tuple[str, ...]) -> RegistryOutput:
+        names = image_names(attrs, tags)
+        push = attrs.boolean("push", self.push_default)
+        if push and not names:
+            raise attrs.error("no image name to push", hint="give one with -t NAME or name=NAME")
+        for name in names:
+            Reference.parse(name)  # checked before anything runs, not after a long build
+        return RegistryOutput(names, push, attrs.boolean("oci-mediatypes", True),
+                              attrs.boolean("registry.insecure", False))  # fmt: skip
+
+    def names(self, spec: RegistryOutput) -> tuple[str, ...]:
+        return spec.names
+
+    def oci_mediatypes(self, spec: RegistryOutput) -> bool:
+        return spec.oci_mediatypes
+
+    def insecure_hosts(self, spec: RegistryOutput) -> frozenset[str]:
+        if not spec.insecure:
+            return frozenset()
+        return frozenset(Reference.parse(n).registry for n in spec.names)
+
+    def export(self, spec: RegistryOutput, ctx: ExportContext) -> list[str]:
+        if not spec.push:
+            return []
+        art = ctx.images.get(spec.oci_mediatypes)
+        ctx.message(f"pushing {', '.join(spec.names)}")
+        names = [Reference.parse(n) for n in spec.names]
+        push_manifest(ctx.client, names, [(x.blob, None) for x in art.layers]
+                      + [(art.config_desc, art.config)], art.manifest,
+                      art.manifest_desc.media_type, ctx.locator)  # fmt: skip
+        return [f"{n.name}:{n.tag_or_default}@{art.digest}" for n in names]
 
 
-def push_blobs(
-    client: RegistryClient,
-    repo: Reference,
-    blobs: Sequence[tuple[Descriptor, bytes | None]],
-    locator: BlobLocator,
-    *,
-    category: str,
-) -> None:
-    """Make every blob present in *repo*: HEAD, then a mount from a repository known to
-    hold that very blob, then an upload (fetching the blob first only then). A ``None``
-    content means the blob's bytes come from the locator."""
-    repo = repo.repo_ref
-    sources: list[tuple[Descriptor, BlobSource]] = [
-        (d, data if data is not None else blob_source(locator, d.digest, d.size, d.media_type))
-        for d, data in blobs
-    ]
-    mounts = {d.digest: mount_candidates(locator, d.digest, repo) for d, _ in blobs}
-    client.push_blobs(repo, sources, mounts, category=category)
+class ImageExporter(RegistryExporter):
+    """``type=image``: as ``registry``, but pushes only with ``push=true``."""
 
-
-def push_image(
-    client: RegistryClient,
-    art: ImageArtifacts,
-    names: Sequence[Reference],
-    locator: BlobLocator,
-    *,
-    category: str = "image",
-) -> str:
-    """Push *art* under every name (blobs first, each manifest last); its digest."""
-    blobs: list[tuple[Descriptor, bytes | None]] = [(x.blob, None) for x in art.layers]
-    blobs.append((art.config_desc, art.config))
-    for repo in dict.fromkeys(name.repo_ref for name in names):
-        push_blobs(client, repo, blobs, locator, category=category)
-    for name in names:
-        target = name if name.tag or name.digest else name.with_tag("latest")
-        client.put_manifest(target, art.manifest, art.manifest_desc.media_type, category=category)
-    return art.digest
+    name = "image"
+    push_default = False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kiln.image import ImageConfig
-from kiln.oci import Descriptor
+from kiln.source.image import ImageBase
 
 # ---------------------------------------------------------------------------- bases
 
@@ -20,17 +20,6 @@ from kiln.oci import Descriptor
 @dataclass(frozen=True, slots=True)
 class ScratchBase:
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class ImageBase:
-    """A resolved image: its manifest digest pins everything below it."""
-
-    ref: str  # the normalised reference, pinned by digest when resolved
-    repository: str  # registry/repository, where its blobs can be fetched
-    manifest_digest: str
-    config: ImageConfig
-    layers: tuple[Descriptor, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,7 @@ def parse_file(path: Path) -> ParsedDockerfile:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise DockerfileError(
-            "Dockerfile not found", path=str(path), hint="pass the right file with -f"
+            "Dockerfile not found", path=str(path), hint="pass the right file with -f FILE"
         ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DockerfileError(f"cannot read Dockerfile: {exc}", path=str(path)) from exc

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from kiln import units
 from kiln.errors import DockerfileError
-from kiln.frontend.base import BindMount, CacheMount, ImageBase, Mount, SecretMount, TmpfsMount
+from kiln.frontend.base import BindMount, CacheMount, Mount, SecretMount, TmpfsMount
+from kiln.source.image import ImageBase
 
 # resolves a ``from=`` value to a stage index or an image
 FromResolver = Callable[[str], "int | ImageBase"]

@@ -18,18 +18,18 @@ from kiln.frontend import instructions
 from kiln.frontend.base import (
     Base,
     BuildPlan,
-    ImageBase,
     Op,
     ScratchBase,
     StageBase,
     StagePlan,
     Step,
 )
-from kiln.frontend.context import BuildContext
 from kiln.frontend.dockerfile import Instruction, ParsedDockerfile, RawStage, parse_instruction_text
 from kiln.frontend.shell_words import PREDEFINED_ARGS, WordError, WordExpander, parse_key_values
 from kiln.image import ImageConfig
 from kiln.oci import Platform, host_platform
+from kiln.source.context import BuildContext
+from kiln.source.image import ImageBase
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

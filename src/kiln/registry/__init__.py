@@ -9,6 +9,7 @@ HEAD-before-upload, retries and parallel transfers. The public API::
         image = client.resolve_image(Reference.parse("busybox"), host_platform())
 """
 
+from kiln.http.stats import TransferStats, TransferTotals
 from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import (
     Anonymous,
@@ -19,7 +20,6 @@ from kiln.registry.dockerconfig import (
 )
 from kiln.registry.manifest import MANIFEST_ACCEPT, Manifest, ResolvedImage
 from kiln.registry.reference import Reference
-from kiln.registry.stats import TransferStats, TransferTotals
 from kiln.registry.transport import RetryPolicy
 from kiln.registry.upload import BlobPush
 

@@ -18,6 +18,7 @@ import httpx
 
 from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError, NotFoundError, RegistryError
+from kiln.http.stats import TransferStats, is_layer_media_type
 from kiln.oci import Descriptor, Platform, host_platform, is_digest, sha256_digest
 from kiln.registry.auth import pull_scope, push_scope
 from kiln.registry.dockerconfig import Anonymous, CredentialSource
@@ -33,7 +34,6 @@ from kiln.registry.manifest import (
 )
 from kiln.registry.reference import Reference, api_host
 from kiln.registry.session import Session
-from kiln.registry.stats import TransferStats, is_layer_media_type
 from kiln.registry.transport import (
     RETRY_EXCEPTIONS,
     RetryPolicy,

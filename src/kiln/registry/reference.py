@@ -62,6 +62,11 @@ class Reference:
         return f"{self.registry}/{self.repository}"
 
     @property
+    def tag_or_default(self) -> str:
+        """The tag, or ``latest`` for a reference pinned by digest alone."""
+        return self.tag or DEFAULT_TAG
+
+    @property
     def repo_ref(self) -> Reference:
         """The repository alone (no tag, no digest)."""
         return Reference(self.registry, self.repository)

@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from kiln.http.stats import TransferStats
 from kiln.registry.auth import Authenticator
 from kiln.registry.dockerconfig import CredentialSource
 from kiln.registry.reference import Reference, api_host
-from kiln.registry.stats import TransferStats
 from kiln.registry.transport import Body, Transport
 
 

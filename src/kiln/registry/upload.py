@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 
 from kiln.errors import KilnError, RegistryError
+from kiln.http.stats import is_layer_media_type
 from kiln.oci import Descriptor
 from kiln.registry.auth import pull_scope, push_scope
 from kiln.registry.reference import Reference
 from kiln.registry.session import Session
-from kiln.registry.stats import is_layer_media_type
 from kiln.registry.transport import RETRY_EXCEPTIONS, RETRY_STATUSES, Body, raise_for_status
 
 log = logging.getLogger(__name__)

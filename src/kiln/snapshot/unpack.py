@@ -35,8 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from kiln.differ.compress import DECOMPRESSION_ERRORS, decompressing_reader
-from kiln.differ.tarstream import (
+from kiln.archive.compress import DECOMPRESSION_ERRORS, decompressing_reader
+from kiln.archive.tarstream import (
     BLK,
     CHR,
     DIR,
@@ -48,8 +48,7 @@ from kiln.differ.tarstream import (
     TarHeader,
     TarReader,
 )
-from kiln.errors import KilnError, RuntimeFailure
-from kiln.snapshot.whiteouts import (
+from kiln.archive.whiteouts import (
     OVERLAY_XATTR_PREFIX,
     WHITEOUT_META_PREFIX,
     Whiteout,
@@ -58,6 +57,7 @@ from kiln.snapshot.whiteouts import (
     make_overlay_whiteout,
     mark_opaque,
 )
+from kiln.errors import KilnError, RuntimeFailure
 
 Mode = Literal["overlay", "apply", "extract"]
 

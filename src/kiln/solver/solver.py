@@ -16,12 +16,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from kiln.cache.store import LocalCache, StepRecord, now_rfc3339
+from kiln.cache.records import CacheHit, CacheLookup, StepRecord
+from kiln.cache.store import LocalCache, now_rfc3339
 from kiln.content import BlobLocator, BlobStore
 from kiln.errors import KilnError
-from kiln.executor.runc import RuncExecutor
-from kiln.frontend.base import BuildPlan, ImageBase, ScratchBase, StageBase, Step
-from kiln.frontend.context import BuildContext
+from kiln.executor.base import Executor
+from kiln.frontend.base import BuildPlan, ScratchBase, StageBase, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
@@ -29,13 +29,13 @@ from kiln.solver.keys import StageKeys, compute_keys
 from kiln.solver.steps import StepRunner
 from kiln.solver.types import (
     BuildResult,
-    CacheHit,
-    CacheLookup,
     Progress,
     SolveOptions,
     StageResult,
     StepReport,
 )
+from kiln.source.context import BuildContext
+from kiln.source.image import ImageBase
 from kiln.state import KilnRoot
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Solver:
         locator: BlobLocator,
         local_cache: LocalCache,
         snapshots: SnapshotStore,
-        executor: RuncExecutor,
+        executor: Executor,
         context: BuildContext,
         progress: Progress,
         options: SolveOptions,

@@ -11,16 +11,14 @@ from pathlib import Path
 from kiln.content import BlobLocator, BlobStore
 from kiln.differ.layer import write_layer
 from kiln.errors import ContextError, KilnError
-from kiln.executor import fileops
+from kiln.executor.base import Executor, OutputSink
 from kiln.executor.paths import resolve_in_root
-from kiln.executor.runc import OutputSink, RuncExecutor
 from kiln.executor.spec import HostMount, RunSpec, host_files
 from kiln.executor.users import Identity, resolve_user
 from kiln.frontend.base import (
     ContextSource,
     CopyOp,
     ExecOp,
-    ImageBase,
     ImageSource,
     InlineSource,
     MkdirOp,
@@ -28,13 +26,15 @@ from kiln.frontend.base import (
     Step,
     UrlSource,
 )
-from kiln.frontend.context import BuildContext
-from kiln.frontend.dockerignore import IgnoreMatcher
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
-from kiln.solver.run_mounts import RunMounts
+from kiln.solver.ops import file as fileops
+from kiln.solver.ops.mounts import RunMounts
 from kiln.solver.types import SolveOptions, StageResult
-from kiln.solver.urls import downloaded
+from kiln.source.context import BuildContext
+from kiln.source.dockerignore import IgnoreMatcher
+from kiln.source.http import downloaded
+from kiln.source.image import ImageBase
 from kiln.state import KilnRoot
 
 
@@ -45,7 +45,7 @@ class StepRunner:
         blobs: BlobStore,
         locator: BlobLocator,
         snapshots: SnapshotStore,
-        executor: RuncExecutor,
+        executor: Executor,
         context: BuildContext,
         options: SolveOptions,
     ) -> None:

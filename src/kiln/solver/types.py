@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from kiln.cache.store import StepRecord
+from kiln.cache.records import CacheSource
 from kiln.frontend.base import BuildPlan, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
 from kiln.solver.keys import StageKeys
-
-CacheSource = Literal["local", "remote"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +59,3 @@ class Progress(Protocol):
     def step_done(self, step: Step, seconds: float) -> None: ...
     def step_failed(self, step: Step, seconds: float, error: str) -> None: ...
     def message(self, text: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CacheHit:
-    record: StepRecord
-    source: CacheSource
-
-
-class CacheLookup(Protocol):
-    """A source of step results by cache key (the local store, imported remote caches)."""
-
-    def lookup(self, key: str) -> CacheHit | None: ...

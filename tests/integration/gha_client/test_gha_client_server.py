@@ -22,7 +22,7 @@ from tests.fixtures.gha import GHA_SECRET, FlakyFront, GhaServer, Wire, token_fo
 
 from kiln.errors import CacheError
 from kiln.gha.client import GO_VERSION, GhaClient, GhaEntry
-from kiln.registry.stats import TransferStats
+from kiln.http.stats import TransferStats
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20

@@ -14,6 +14,7 @@ from tests.fixtures.registry import RegistryServer
 
 from kiln.content import BlobStore
 from kiln.errors import NotFoundError, RegistryError
+from kiln.http.stats import TransferStats
 from kiln.oci import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -26,7 +27,6 @@ from kiln.oci import (
 )
 from kiln.registry.client import RegistryClient
 from kiln.registry.reference import Reference
-from kiln.registry.stats import TransferStats
 from kiln.registry.upload import BlobPush
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import os
 import pytest
 import zstandard
 
-from kiln.differ.compress import (
+from kiln.archive.compress import (
     DECOMPRESSION_ERRORS,
     check_compression,
     compressor,

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from kiln.differ.tarstream import (
+from kiln.archive.tarstream import (
     DIR,
     END_OF_ARCHIVE,
     LINK,

@@ -20,12 +20,12 @@ from kiln.frontend.base import (
     StageBase,
     StageSource,
 )
-from kiln.frontend.context import BuildContext
 from kiln.frontend.dockerfile import parse_text
-from kiln.frontend.dockerignore import IgnoreMatcher
 from kiln.frontend.planner import Planner, PlanOptions
 from kiln.image import ImageConfig
 from kiln.oci import Platform
+from kiln.source.context import BuildContext
+from kiln.source.dockerignore import IgnoreMatcher
 
 HOST = Platform("linux", "amd64")
 

@@ -1,30 +1,37 @@
-"""Remote cache backends: the interface, the attributes they share, imported caches.
+"""The remote cache plug-in point: a stateless parser and a per-build session per type.
 
-``--cache-from`` / ``--cache-to`` values are parsed at the edge into frozen specs (an
-unknown type or attribute is an error naming it); a backend turns an import spec into an
-:class:`ImportedCache` (records by key, blobs fetched lazily through the locator) and
-writes an export from a list of :class:`CacheEntry`.
+A :class:`CacheBackend` turns the attributes of one ``--cache-from`` / ``--cache-to`` value
+into a frozen import or export spec (an unknown or bad attribute is an error naming it)
+and opens one :class:`CacheSession` per build, which imports (records by key, blobs
+fetched lazily through the locator), annotates the image (inline only) and exports;
+``close()`` releases what it holds. Both are generic in the backend's own spec types, so
+no untyped value crosses the interface: each parsed spec is bound to its backend
+(:class:`CacheImport`, :class:`CacheExport`).
+
+Adding a backend: one module with its specs, a ``CacheBackend`` subclass and its session,
+and one line in the composition root's registry (:func:`kiln.build.cache_backends`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Generic, Protocol, TypeVar
 
-from kiln import units
-from kiln.cache.remote.format import CacheEntry
-from kiln.cache.store import StepRecord
+from kiln.attrs import Attrs
+from kiln.cache.records import CacheEntry, CacheHit, StepRecord
 from kiln.content import BlobLocator, BlobProvider, BlobStore
-from kiln.errors import UsageError
+from kiln.http.stats import TransferStats
 from kiln.image import ImageConfig
-from kiln.oci import Layer, Platform, host_platform
-from kiln.solver.types import CacheHit
+from kiln.oci import Layer, Platform
+from kiln.registry.client import RegistryClient
 
 COMMON_EXPORT_ATTRS = frozenset(
     {"mode", "compression", "compression-level", "force-compression", "ignore-error"}
 )
+MANIFEST_FORM_ATTRS = frozenset({"image-manifest", "oci-mediatypes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,106 +45,58 @@ class ExportOptions:
     ignore_error: bool = False
 
 
-class Attrs:
-    """``key=value`` attributes of one --cache-from/--cache-to value, checked as read."""
+class ExportSpec(Protocol):
+    """What every export spec offers the build: its common options."""
 
-    def __init__(self, flag: str, text: str, kind: str, values: Mapping[str, str]) -> None:
-        self.flag, self.text, self.kind = flag, text, kind
-        self.values = dict(values)
+    @property
+    def options(self) -> ExportOptions: ...
 
-    def error(self, what: str, hint: str | None = None) -> UsageError:
-        return UsageError(f"{self.flag} {self.text!r}: {what}", hint=hint)
 
-    def check(self, allowed: frozenset[str] | set[str]) -> None:
-        unknown = sorted(set(self.values) - set(allowed))
-        if unknown:
-            raise self.error(
-                f"unknown attribute {unknown[0]!r} for type={self.kind}",
-                hint="known: " + ", ".join(sorted(allowed)),
-            )
-
-    def get(self, key: str, default: str = "") -> str:
-        return self.values.get(key, default)
-
-    def required(self, key: str) -> str:
-        value = self.values.get(key, "")
-        if not value:
-            raise self.error(f"{key} is required for type={self.kind}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.values.get(key)
-        if value is None:
-            return default
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", ""):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise self.error(f"{key} must be true or false, not {value!r}")
-
-    def size(self, key: str) -> int | None:
-        value = self.values.get(key)
-        if value is None:
-            return None
-        try:
-            return units.parse_size(value)
-        except ValueError as exc:
-            raise self.error(f"{key} must be a size like 500MB or 2GB, not {value!r}") from exc
-
-    def duration(self, key: str, default: float) -> float:
-        value = self.values.get(key)
-        if value is None:
-            return default
-        try:
-            return units.parse_duration(value)
-        except ValueError as exc:
-            raise self.error(f"{key} must be a duration like 10m or 90s, not {value!r}") from exc
-
-    def manifest_form(self) -> tuple[bool, bool]:
-        """``image-manifest`` (default true) and ``oci-mediatypes`` (default true)."""
-        image_manifest = self.boolean("image-manifest", True)
-        oci = self.boolean("oci-mediatypes", True)
-        if image_manifest and not oci:
-            raise self.error("image-manifest=true requires oci-mediatypes=true")
-        return image_manifest, oci
-
-    def export_options(self, *, max_allowed: bool = True) -> ExportOptions:
-        mode = self.get("mode", "min")
-        if mode not in ("min", "max"):
-            raise self.error(f"mode must be min or max, not {mode!r}")
-        if mode == "max" and not max_allowed:
-            raise self.error(
-                f"type={self.kind} supports only mode=min",
-                hint="to export every step use --cache-to type=registry,ref=<repo:tag>,mode=max",
-            )
-        compression = self.values.get("compression")
-        if compression is not None and compression not in ("gzip", "zstd", "uncompressed"):
-            raise self.error("compression must be gzip, zstd or uncompressed")
-        level = self.values.get("compression-level")
-        if level is not None:
-            limit = 22 if compression == "zstd" else 9
-            if not level.isdigit() or int(level) > limit:
-                raise self.error(f"compression-level must be a whole number from 0 to {limit}")
-        return ExportOptions(
-            mode=mode,
-            compression=compression,
-            compression_level=int(level) if level is not None else None,
-            force_compression=self.boolean("force-compression", False),
-            ignore_error=self.boolean("ignore-error", False),
+def export_options(attrs: Attrs, kind: str, *, max_allowed: bool = True) -> ExportOptions:
+    """The common export attributes of *attrs* (``type=kind``), checked."""
+    mode = attrs.choice("mode", ("min", "max"), "min")
+    if mode == "max" and not max_allowed:
+        raise attrs.error(
+            f"type={kind} supports only mode=min",
+            hint="to export every step use --cache-to type=registry,ref=<repo:tag>,mode=max",
         )
+    compression = attrs.optional("compression")
+    if compression is not None:
+        compression = attrs.choice("compression", ("gzip", "zstd", "uncompressed"), "gzip")
+    level = None
+    if "compression-level" in attrs:
+        level = attrs.integer("compression-level", 0, maximum=22 if compression == "zstd" else 9)
+    return ExportOptions(
+        mode=mode,
+        compression=compression,
+        compression_level=level,
+        force_compression=attrs.boolean("force-compression", False),
+        ignore_error=attrs.boolean("ignore-error", False),
+    )
 
 
-@dataclass
+def manifest_form(attrs: Attrs) -> tuple[bool, bool]:
+    """``image-manifest`` (default true) and ``oci-mediatypes`` (default true)."""
+    image_manifest = attrs.boolean("image-manifest", True)
+    oci = attrs.boolean("oci-mediatypes", True)
+    if image_manifest and not oci:
+        raise attrs.error("image-manifest=true requires oci-mediatypes=true")
+    return image_manifest, oci
+
+
+@dataclass(frozen=True, slots=True)
 class CacheContext:
-    """What backends work with: the registry client, local blobs, the blob locator."""
+    """What sessions work with for one build."""
 
-    client: Any  # kiln.registry.client.RegistryClient (kept loose: no import cycle)
+    client: RegistryClient  # the build's registry client (auth, transfers, stats)
     store: BlobStore
     locator: BlobLocator
     warn: Callable[[str], None]
-    stats: Any = None  # kiln.registry.stats.TransferStats, for backends with their own client
-    platform: Platform = field(default_factory=host_platform)  # the build's platform
+    stats: TransferStats  # for sessions with a client of their own (gha)
+    platform: Platform  # the build's platform
+    # a name unique to this build's context, Dockerfile, target and platform, for
+    # backends whose namespace is shared by the jobs of a matrix (gha's default scope)
+    build_scope: str = "buildkit"
 
 
 class ImportedCache:
@@ -169,28 +128,135 @@ class ImportedCache:
         return bool(bad)
 
 
-class Backend(Protocol):
-    """One remote cache type (``registry``, ``inline``, ``local``, ``gha``)."""
+ImportT = TypeVar("ImportT")
+ExportT = TypeVar("ExportT", bound=ExportSpec)
 
-    name: str
 
-    def parse_import(self, attrs: Attrs) -> object:
-        """A typed import spec; raises UsageError naming a bad attribute."""
-        ...
+class CacheSession(ABC, Generic[ImportT, ExportT]):
+    """One backend's work for one build; sessions may keep state between calls (clients,
+    what was imported) and release it in :meth:`close`."""
 
-    def parse_export(self, attrs: Attrs) -> object:
-        """A typed export spec; raises UsageError naming a bad attribute."""
-        ...
+    def __init__(self, ctx: CacheContext) -> None:
+        self.ctx = ctx
 
-    def load(self, spec: Any, ctx: CacheContext) -> ImportedCache | None:
+    def load(self, spec: ImportT) -> ImportedCache | None:
         """Read the cache; a missing or unreachable source warns and returns None."""
-        ...
+        return None
 
-    def annotate_image(self, spec: Any, config: ImageConfig, entries: list[CacheEntry],
+    def annotate_image(self, spec: ExportT, config: ImageConfig, entries: list[CacheEntry],
                        layers: list[Layer]) -> None:  # fmt: skip
         """Put the cache into the image config (inline only); others do nothing."""
-        ...
+        return None
 
-    def export(self, spec: Any, entries: list[CacheEntry], ctx: CacheContext) -> None:
+    @abstractmethod
+    def export(self, spec: ExportT, entries: list[CacheEntry]) -> None:
         """Write the cache (blobs first, manifest last)."""
-        ...
+
+    def close(self) -> None:
+        """Release what the session holds (connections)."""
+        return None
+
+
+class SessionPool(Protocol):
+    """The open sessions of a build, one per backend, opened on first use."""
+
+    def session(
+        self, backend: CacheBackend[ImportT, ExportT]
+    ) -> CacheSession[ImportT, ExportT]: ...
+
+
+class ImportFlag(Protocol):
+    """One ``--cache-from`` value bound to its backend, ready to load."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def insecure_hosts(self) -> frozenset[str]: ...
+    def load(self, sessions: SessionPool) -> ImportedCache | None: ...
+
+
+class ExportFlag(Protocol):
+    """One ``--cache-to`` value bound to its backend, ready to export."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def options(self) -> ExportOptions: ...
+    @property
+    def insecure_hosts(self) -> frozenset[str]: ...
+    def annotate_image(self, sessions: SessionPool, config: ImageConfig,
+                       entries: list[CacheEntry], layers: list[Layer]) -> None: ...  # fmt: skip
+    def export(self, sessions: SessionPool, entries: list[CacheEntry]) -> None: ...
+
+
+class CacheBackend(ABC, Generic[ImportT, ExportT]):
+    """One remote cache type (``registry``, ``inline``, ``local``, ``gha``): stateless."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def parse_import(self, attrs: Attrs) -> ImportT:
+        """A typed import spec; raises UsageError naming a bad attribute."""
+
+    @abstractmethod
+    def parse_export(self, attrs: Attrs) -> ExportT:
+        """A typed export spec; raises UsageError naming a bad attribute."""
+
+    @abstractmethod
+    def open(self, ctx: CacheContext) -> CacheSession[ImportT, ExportT]:
+        """This build's session."""
+
+    def insecure_hosts(self, spec: ImportT | ExportT) -> frozenset[str]:
+        """Registries *spec* may reach without TLS verification (``registry.insecure``)."""
+        return frozenset()
+
+    def bind_import(self, attrs: Attrs, text: str) -> ImportFlag:
+        return CacheImport(self, self.parse_import(attrs), text)
+
+    def bind_export(self, attrs: Attrs, text: str) -> ExportFlag:
+        return CacheExport(self, self.parse_export(attrs), text)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheImport(Generic[ImportT, ExportT]):
+    backend: CacheBackend[ImportT, ExportT]
+    spec: ImportT
+    text: str
+
+    @property
+    def insecure_hosts(self) -> frozenset[str]:
+        return self.backend.insecure_hosts(self.spec)
+
+    def load(self, sessions: SessionPool) -> ImportedCache | None:
+        return sessions.session(self.backend).load(self.spec)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheExport(Generic[ImportT, ExportT]):
+    backend: CacheBackend[ImportT, ExportT]
+    spec: ExportT
+    text: str
+
+    @property
+    def options(self) -> ExportOptions:
+        return self.spec.options
+
+    @property
+    def insecure_hosts(self) -> frozenset[str]:
+        return self.backend.insecure_hosts(self.spec)
+
+    def annotate_image(self, sessions: SessionPool, config: ImageConfig,
+                       entries: list[CacheEntry], layers: list[Layer]) -> None:  # fmt: skip
+        sessions.session(self.backend).annotate_image(self.spec, config, entries, layers)
+
+    def export(self, sessions: SessionPool, entries: list[CacheEntry]) -> None:
+        sessions.session(self.backend).export(self.spec, entries)
+
+
+class CacheType(Protocol):
+    """What the registry of backends holds: a name and the two flag parsers."""
+
+    @property
+    def name(self) -> str: ...
+    def bind_import(self, attrs: Attrs, text: str) -> ImportFlag: ...
+    def bind_export(self, attrs: Attrs, text: str) -> ExportFlag: ...

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from kiln.archive.compress import compressor, decompressing_reader
+from kiln.cache.records import CacheEntry
 from kiln.cache.remote.base import CacheContext, ExportOptions
-from kiln.cache.remote.format import CacheEntry
-from kiln.differ.compress import compressor, decompressing_reader
 from kiln.oci import Descriptor, Layer, compression_of, layer_media_type
 
 _CHUNK = 1 << 20

@@ -14,10 +14,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from kiln.cache.store import StepRecord
+from kiln.cache.records import CacheEntry, StepRecord
 from kiln.oci import Descriptor, Layer, is_digest
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
@@ -33,16 +32,6 @@ class CacheFormatError(ValueError):
 
 # what malformed JSON structures raise when read as if they were well formed
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
-
-
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """One step to export: its key, the key before it, and what it produced."""
-
-    key: str
-    parent: str | None
-    layer: Layer | None
-    created: str
 
 
 def _sorted(entries: Iterable[CacheEntry]) -> list[CacheEntry]:

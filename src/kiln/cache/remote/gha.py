@@ -19,19 +19,23 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from kiln.attrs import Attrs
+from kiln.cache.records import CacheEntry, StepRecord
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
-    Attrs,
+    CacheBackend,
     CacheContext,
+    CacheSession,
     ExportOptions,
     ImportedCache,
+    export_options,
 )
 from kiln.cache.remote.convert import convert_layers
 from kiln.cache.remote.format import (
     MAX_CONFIG_SIZE,
-    CacheEntry,
     CacheFormatError,
     build_config,
     parse_config,
@@ -39,8 +43,7 @@ from kiln.cache.remote.format import (
 )
 from kiln.content import BlobStore
 from kiln.errors import CacheError, KilnError, MissingBlobError
-from kiln.image import ImageConfig
-from kiln.oci import Descriptor, Layer, canonical_json
+from kiln.oci import Descriptor, Layer, Platform, canonical_json
 
 if TYPE_CHECKING:
     from kiln.gha.client import GhaClient
@@ -145,11 +148,24 @@ class GhaBlobSource:
             store.ingest(desc, chunks, f"gha cache blob {desc.digest}")
 
 
-class GhaBackend:
+class GhaBackend(CacheBackend[GhaImport, GhaExport]):
     name = "gha"
 
-    def __init__(self, default_scope: str = "buildkit") -> None:
-        self.default_scope = default_scope
+    def parse_import(self, attrs: Attrs) -> GhaImport:
+        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS, self.name)
+        return GhaImport(_connection(attrs))
+
+    def parse_export(self, attrs: Attrs) -> GhaExport:
+        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS, self.name)
+        return GhaExport(_connection(attrs), export_options(attrs, self.name))
+
+    def open(self, ctx: CacheContext) -> GhaSession:
+        return GhaSession(ctx)
+
+
+class GhaSession(CacheSession[GhaImport, GhaExport]):
+    def __init__(self, ctx: CacheContext) -> None:
+        super().__init__(ctx)
         self._clients: dict[GhaConnection, GhaClient] = {}
         # what this build imported: blobs the service holds, index bytes by index prefix
         self._known_blobs: set[str] = set()
@@ -160,29 +176,22 @@ class GhaBackend:
             client.close()
         self._clients.clear()
 
-    def _client(self, connection: GhaConnection, ctx: CacheContext) -> GhaClient:
+    def _client(self, connection: GhaConnection) -> GhaClient:
         """One client per connection for the whole build (import, lazy fetches, export)."""
         if connection not in self._clients:
-            self._clients[connection] = connection.client(ctx)
+            self._clients[connection] = connection.client(self.ctx)
         return self._clients[connection]
 
-    def parse_import(self, attrs: Attrs) -> GhaImport:
-        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS)
-        return GhaImport(_connection(attrs))
-
-    def parse_export(self, attrs: Attrs) -> GhaExport:
-        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS)
-        return GhaExport(_connection(attrs), attrs.export_options())
-
     def scope(self, connection: GhaConnection) -> str:
-        return connection.scope or self.default_scope
+        return connection.scope or self.ctx.build_scope
 
     # ------------------------------------------------------------------ import
-    def load(self, spec: GhaImport, ctx: CacheContext) -> ImportedCache | None:
+    def load(self, spec: GhaImport) -> ImportedCache | None:
+        ctx = self.ctx
         client: GhaClient | None = None
-        records: dict[str, Any] = {}
+        records: dict[str, StepRecord] = {}
         try:
-            client = self._client(spec.connection, ctx)
+            client = self._client(spec.connection)
             # token scopes in lookup order: earlier ones win on a key present in several
             for token_scope in (s for s in client.scopes if s.readable):
                 prefix = index_prefix(self.scope(spec.connection), token_scope.name)
@@ -206,13 +215,10 @@ class GhaBackend:
         return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
                              ctx.locator)  # fmt: skip
 
-    def annotate_image(self, spec: Any, config: ImageConfig, entries: list[CacheEntry],
-                       layers: list[Layer]) -> None:  # fmt: skip
-        return None
-
     # ------------------------------------------------------------------ export
-    def export(self, spec: GhaExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
-        client = self._client(spec.connection, ctx)
+    def export(self, spec: GhaExport, entries: list[CacheEntry]) -> None:
+        ctx = self.ctx
+        client = self._client(spec.connection)
         writable = [s for s in client.scopes if s.writable]
         if not writable:
             raise CacheError(
@@ -240,11 +246,16 @@ class GhaBackend:
             client.save_mutable(prefix, data)
 
 
-def default_scope(context: str, dockerfile: str, target: str | None, platform: str) -> str:
-    """A readable scope unique to one build of a matrix: context, Dockerfile, target,
-    platform (``.`` and ``Dockerfile`` left out when they are the defaults)."""
-    parts = [p for p in (context.strip("./"), dockerfile if dockerfile != "Dockerfile" else "",
-                         target or "", platform.replace("/", "-")) if p]  # fmt: skip
+def default_scope(context: Path, dockerfile: Path, target: str | None, platform: Platform) -> str:
+    """A readable scope unique to one build of a matrix: context (relative to the working
+    directory), Dockerfile (relative to the context), target, platform (``.`` and
+    ``Dockerfile`` left out when they are the defaults)."""
+    cwd = Path.cwd()
+    where = str(context.relative_to(cwd) if context.is_relative_to(cwd) else context.name)
+    file = str(dockerfile.relative_to(context) if dockerfile.is_relative_to(context)
+               else dockerfile.name)  # fmt: skip
+    parts = [p for p in (where.strip("./"), file if file != "Dockerfile" else "",
+                         target or "", str(platform).replace("/", "-")) if p]  # fmt: skip
     text = "-".join(parts)
     clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-")
     if len(clean) > 100:

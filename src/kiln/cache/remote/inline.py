@@ -8,16 +8,19 @@ Imported with ``--cache-from type=registry,ref=<image>``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Never
 
+from kiln.attrs import Attrs
+from kiln.cache.records import CacheEntry
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
-    Attrs,
+    CacheBackend,
     CacheContext,
+    CacheSession,
     ExportOptions,
-    ImportedCache,
+    export_options,
 )
-from kiln.cache.remote.format import INLINE_CONFIG_KEY, CacheEntry, build_inline
+from kiln.cache.remote.format import INLINE_CONFIG_KEY, build_inline
 from kiln.image import ImageConfig
 from kiln.oci import Layer
 
@@ -27,30 +30,27 @@ class InlineExport:
     options: ExportOptions
 
 
-class InlineBackend:
+class InlineBackend(CacheBackend[Never, InlineExport]):
     name = "inline"
 
-    def parse_import(self, attrs: Attrs) -> object:
+    def parse_import(self, attrs: Attrs) -> Never:
         raise attrs.error(
             "type=inline cannot be imported directly",
             hint="import an inline cache with --cache-from type=registry,ref=<image>",
         )
 
     def parse_export(self, attrs: Attrs) -> InlineExport:
-        attrs.check(COMMON_EXPORT_ATTRS)
-        return InlineExport(attrs.export_options(max_allowed=False))
+        attrs.check(COMMON_EXPORT_ATTRS, self.name)
+        return InlineExport(export_options(attrs, self.name, max_allowed=False))
 
-    def load(self, spec: Any, ctx: CacheContext) -> ImportedCache | None:
-        return None
+    def open(self, ctx: CacheContext) -> InlineSession:
+        return InlineSession(ctx)
 
-    def annotate_image(
-        self,
-        spec: InlineExport,
-        config: ImageConfig,
-        entries: list[CacheEntry],
-        layers: list[Layer],
-    ) -> None:
+
+class InlineSession(CacheSession[Never, InlineExport]):
+    def annotate_image(self, spec: InlineExport, config: ImageConfig, entries: list[CacheEntry],
+                       layers: list[Layer]) -> None:  # fmt: skip
         config.extra[INLINE_CONFIG_KEY] = build_inline(entries, layers)
 
-    def export(self, spec: InlineExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
+    def export(self, spec: InlineExport, entries: list[CacheEntry]) -> None:
         return None  # travels with the image

@@ -21,20 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.attrs import Attrs
+from kiln.cache.records import CacheEntry
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
-    Attrs,
+    MANIFEST_FORM_ATTRS,
+    CacheBackend,
     CacheContext,
+    CacheSession,
     ExportOptions,
     ImportedCache,
+    export_options,
+    manifest_form,
 )
 from kiln.cache.remote.convert import convert_layers
-from kiln.cache.remote.format import CacheEntry, CacheFormatError, parse_json
+from kiln.cache.remote.format import CacheFormatError, parse_json
 from kiln.cache.remote.manifest import CacheManifest, build_manifest, read_records
 from kiln.content import BlobStore
 from kiln.errors import CacheError, CorruptBlobError, MissingBlobError
-from kiln.image import ImageConfig
-from kiln.oci import INDEX_TYPES, OCI_INDEX, Descriptor, Layer, digest_hex, is_digest, sha256_digest
+from kiln.oci import INDEX_TYPES, OCI_INDEX, Descriptor, digest_hex, is_digest, sha256_digest
+from kiln.registry.reference import DEFAULT_TAG
 from kiln.state import atomic_writer, write_atomic
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -44,7 +50,7 @@ _STALE_TEMP = 3600.0
 @dataclass(frozen=True, slots=True)
 class LocalImport:
     src: Path
-    tag: str = "latest"
+    tag: str = DEFAULT_TAG
     digest: str | None = None
 
 
@@ -52,7 +58,7 @@ class LocalImport:
 class LocalExport:
     dest: Path
     options: ExportOptions
-    tag: str = "latest"
+    tag: str = DEFAULT_TAG
     image_manifest: bool = True
     oci_mediatypes: bool = True
     max_size: int | None = None
@@ -131,43 +137,47 @@ class LocalBlobSource:
         return hash(self.layout.root)
 
 
-class LocalBackend:
+class LocalBackend(CacheBackend[LocalImport, LocalExport]):
     name = "local"
 
     def parse_import(self, attrs: Attrs) -> LocalImport:
-        attrs.check({"src", "tag", "digest"})
+        attrs.check({"src", "tag", "digest"}, self.name)
         digest = attrs.get("digest") or None
         if digest is not None and not is_digest(digest):
             raise attrs.error(f"digest must be sha256:<64 hex>, not {digest!r}")
-        return LocalImport(Path(attrs.required("src")), attrs.get("tag", "latest"), digest)
+        return LocalImport(Path(attrs.required("src", self.name)), attrs.get("tag", DEFAULT_TAG),
+                           digest)  # fmt: skip
 
     def parse_export(self, attrs: Attrs) -> LocalExport:
-        attrs.check(
-            COMMON_EXPORT_ATTRS | {"dest", "tag", "image-manifest", "oci-mediatypes", "max-size"}
-        )
-        image_manifest, oci = attrs.manifest_form()
+        attrs.check(COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"dest", "tag", "max-size"},
+                    self.name)  # fmt: skip
+        image_manifest, oci = manifest_form(attrs)
         return LocalExport(
-            Path(attrs.required("dest")),
-            attrs.export_options(),
-            attrs.get("tag", "latest"),
+            Path(attrs.required("dest", self.name)),
+            export_options(attrs, self.name),
+            attrs.get("tag", DEFAULT_TAG),
             image_manifest,
             oci,
             attrs.size("max-size"),
         )
 
+    def open(self, ctx: CacheContext) -> LocalSession:
+        return LocalSession(ctx)
+
+
+class LocalSession(CacheSession[LocalImport, LocalExport]):
     # ------------------------------------------------------------------ import
-    def load(self, spec: LocalImport, ctx: CacheContext) -> ImportedCache | None:
+    def load(self, spec: LocalImport) -> ImportedCache | None:
         layout = Layout(spec.src)
         where = f"{spec.src} ({spec.digest or 'tag ' + spec.tag})"
         if not spec.src.is_dir():
-            ctx.warn(f"no cache at {spec.src}: building without it")
+            self.ctx.warn(f"no cache at {spec.src}: building without it")
             return None
         with _locked(spec.src, fcntl.LOCK_SH):
-            return self._load(layout, spec, where, ctx)
+            return self._load(layout, spec, where)
 
-    def _load(
-        self, layout: Layout, spec: LocalImport, where: str, ctx: CacheContext
-    ) -> ImportedCache | None:
+    def _load(self, layout: Layout, spec: LocalImport, where: str) -> ImportedCache | None:
+        ctx = self.ctx
         try:
             index = layout.read_index()
         except FileNotFoundError:
@@ -189,19 +199,16 @@ class LocalBackend:
             return None
         return ImportedCache(f"local {where}", records, LocalBlobSource(layout), ctx.locator)
 
-    def annotate_image(self, spec: Any, config: ImageConfig, entries: list[CacheEntry],
-                       layers: list[Layer]) -> None:  # fmt: skip
-        return None
-
     # ------------------------------------------------------------------ export
-    def export(self, spec: LocalExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
+    def export(self, spec: LocalExport, entries: list[CacheEntry]) -> None:
         try:
             with _locked(spec.dest, fcntl.LOCK_EX):
-                self._export(spec, entries, ctx)
+                self._export(spec, entries, self.ctx)
         except OSError as exc:
             raise CacheError(f"cannot write local cache {spec.dest}: {exc}") from exc
 
-    def _export(self, spec: LocalExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
+    @staticmethod
+    def _export(spec: LocalExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
         layout = Layout(spec.dest)
         layout.blobs.mkdir(parents=True, exist_ok=True)
         index = _read_index_or_empty(layout)

@@ -12,18 +12,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.cache.records import CacheEntry, StepRecord
 from kiln.cache.remote.format import (
     ANNOTATION_CREATED,
     ANNOTATION_DIFF_ID,
     CACHE_CONFIG_MEDIA_TYPE,
     MALFORMED,
-    CacheEntry,
     CacheFormatError,
     build_config,
     parse_config,
     parse_json,
 )
-from kiln.cache.store import StepRecord
 from kiln.errors import CacheError
 from kiln.oci import (
     DOCKER_MANIFEST_LIST,

@@ -15,31 +15,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.attrs import Attrs
+from kiln.cache.records import CacheEntry, StepRecord
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
-    Attrs,
+    MANIFEST_FORM_ATTRS,
+    CacheBackend,
     CacheContext,
+    CacheSession,
     ExportOptions,
     ImportedCache,
+    export_options,
+    manifest_form,
 )
 from kiln.cache.remote.convert import convert_layers
 from kiln.cache.remote.format import (
     INLINE_CONFIG_KEY,
     MALFORMED,
-    CacheEntry,
     CacheFormatError,
     parse_inline,
     parse_json,
 )
 from kiln.cache.remote.manifest import build_manifest, descriptor, is_cache_manifest, read_records
-from kiln.cache.store import StepRecord
 from kiln.errors import KilnError, NotFoundError
-from kiln.exporter.registry import push_blobs
-from kiln.image import ImageConfig
 from kiln.oci import INDEX_TYPES, Descriptor, Layer, Platform, is_digest
 from kiln.registry.blobsource import RegistryBlobSource
 from kiln.registry.client import RegistryClient
 from kiln.registry.manifest import MANIFEST_ACCEPT, select_platform
+from kiln.registry.push import push_blobs
 from kiln.registry.reference import Reference
 
 CATEGORY = "cache"
@@ -61,59 +64,60 @@ class RegistryExport:
 
 
 def _ref(attrs: Attrs, *, exporting: bool = False) -> Reference:
-    ref = Reference.parse(attrs.required("ref"))
+    ref = Reference.parse(attrs.required("ref", "registry"))
     if exporting and ref.digest:
         raise attrs.error("an export ref needs a tag, not a digest (the cache is tagged)")
-    return ref if ref.tag or ref.digest else ref.with_tag("latest")
+    return ref
 
 
-class RegistryBackend:
+class RegistryBackend(CacheBackend[RegistryImport, RegistryExport]):
     name = "registry"
 
     def parse_import(self, attrs: Attrs) -> RegistryImport:
-        attrs.check({"ref", "registry.insecure"})
+        attrs.check({"ref", "registry.insecure"}, self.name)
         return RegistryImport(_ref(attrs), attrs.boolean("registry.insecure", False))
 
     def parse_export(self, attrs: Attrs) -> RegistryExport:
-        attrs.check(
-            COMMON_EXPORT_ATTRS | {"ref", "image-manifest", "oci-mediatypes", "registry.insecure"}
-        )
-        image_manifest, oci = attrs.manifest_form()
+        attrs.check(COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"ref", "registry.insecure"},
+                    self.name)  # fmt: skip
+        image_manifest, oci = manifest_form(attrs)
         return RegistryExport(
             _ref(attrs, exporting=True),
-            attrs.export_options(),
+            export_options(attrs, self.name),
             image_manifest,
             oci,
             attrs.boolean("registry.insecure", False),
         )
 
-    # ------------------------------------------------------------------ import
-    def load(self, spec: RegistryImport, ctx: CacheContext) -> ImportedCache | None:
-        client: RegistryClient = ctx.client
+    def insecure_hosts(self, spec: RegistryImport | RegistryExport) -> frozenset[str]:
+        return frozenset({spec.ref.registry}) if spec.insecure else frozenset()
+
+    def open(self, ctx: CacheContext) -> RegistrySession:
+        return RegistrySession(ctx)
+
+
+class RegistrySession(CacheSession[RegistryImport, RegistryExport]):
+    def load(self, spec: RegistryImport) -> ImportedCache | None:
+        ctx = self.ctx
         try:
-            records = read_registry_records(client, spec.ref, ctx.platform)
+            records = read_registry_records(ctx.client, spec.ref, ctx.platform)
         except NotFoundError:
             ctx.warn(f"cache {spec.ref} not found: building without it")
             return None
         except (KilnError, CacheFormatError) as exc:
             ctx.warn(f"cannot import cache {spec.ref}: {str(exc).splitlines()[0]}")
             return None
-        source = RegistryBlobSource(client, spec.ref, CATEGORY)
+        source = RegistryBlobSource(ctx.client, spec.ref, CATEGORY)
         return ImportedCache(f"registry {spec.ref}", records, source, ctx.locator)
 
-    def annotate_image(self, spec: Any, config: ImageConfig, entries: list[CacheEntry],
-                       layers: list[Layer]) -> None:  # fmt: skip
-        return None
-
-    # ------------------------------------------------------------------ export
-    def export(self, spec: RegistryExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
-        client: RegistryClient = ctx.client
+    def export(self, spec: RegistryExport, entries: list[CacheEntry]) -> None:
+        ctx = self.ctx
         entries = convert_layers(entries, spec.options, ctx)
         cache = build_manifest(entries, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes)
         blobs: list[tuple[Descriptor, bytes | None]] = [(x.blob, None) for x in cache.layers]
         blobs.append((cache.config_desc, cache.config))
-        push_blobs(client, spec.ref, blobs, ctx.locator, category=CATEGORY)
-        client.put_manifest(spec.ref, cache.manifest, cache.media_type, category=CATEGORY)
+        push_blobs(ctx.client, spec.ref, blobs, ctx.locator, category=CATEGORY)
+        ctx.client.put_manifest(spec.ref, cache.manifest, cache.media_type, category=CATEGORY)
 
 
 def read_registry_records(

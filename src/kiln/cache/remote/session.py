@@ -1,144 +1,89 @@
-"""A build's remote caches: parse the flags, import before, export after.
+"""A build's remote caches: import before the build, annotate the image, export after.
 
-Backends come from the registry the composition root passes in (name → backend), so this
-module never imports one. ``mode=min`` exports the steps of the final stage and of the
-stages it is built FROM; ``mode=max`` every step of every stage the target needs —
-including stages this build did not have to solve (their results are looked up, so a
-fully cached build re-exports the whole cache instead of shrinking it).
+Each backend gets one session per build, opened when a flag of its type is first used
+and closed with the build. What to export (``mode=min`` / ``max``) is the solver's choice
+(:mod:`kiln.solver.cache_export`); this module only carries the chosen entries to every
+``--cache-to``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
-from kiln.cache.remote.base import Attrs, Backend, CacheContext, ExportOptions, ImportedCache
-from kiln.cache.remote.format import CacheEntry
-from kiln.errors import KilnError, UsageError
-from kiln.exporter.base import split_attrs
-from kiln.frontend.base import StageBase
+from kiln.cache.records import CacheEntry
+from kiln.cache.remote.base import (
+    CacheBackend,
+    CacheContext,
+    CacheSession,
+    ExportFlag,
+    ExportSpec,
+    ImportedCache,
+    ImportFlag,
+)
+from kiln.errors import KilnError
 from kiln.image import ImageConfig
 from kiln.oci import Layer
-from kiln.solver.types import BuildResult, CacheHit
+
+ImportT = TypeVar("ImportT")
+ExportT = TypeVar("ExportT", bound=ExportSpec)
+
+Entries = Callable[[str], list[CacheEntry]]
+"""The entries to export for a mode (``min`` / ``max``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CacheSpec:
-    backend: str
-    spec: Any
-    text: str
+class CacheSessions:
+    """The sessions of one build, one per backend."""
 
-    @property
-    def options(self) -> ExportOptions:
-        options = getattr(self.spec, "options", None)
-        return options if isinstance(options, ExportOptions) else ExportOptions()
+    def __init__(self, ctx: CacheContext) -> None:
+        self.ctx = ctx
+        self._open: dict[str, object] = {}
 
+    def session(self, backend: CacheBackend[ImportT, ExportT]) -> CacheSession[ImportT, ExportT]:
+        found = self._open.get(backend.name)
+        if found is None:
+            found = self._open[backend.name] = backend.open(self.ctx)
+        # sound: the session under a backend's name was opened by that backend
+        return cast("CacheSession[ImportT, ExportT]", found)
 
-def parse_cache_flag(text: str, flag: str, backends: Mapping[str, Backend]) -> CacheSpec:
-    """``type=T,k=v,...`` (or a bare reference, meaning ``type=registry,ref=<it>``)."""
-    if "=" not in text:
-        text = f"type=registry,ref={text}"
-    values = split_attrs(text, flag=flag)
-    kind = values.pop("type", "")
-    backend = backends.get(kind)
-    if backend is None:
-        raise UsageError(
-            f"{flag} {text!r}: unknown cache type {kind!r}",
-            hint="known types: " + ", ".join(sorted(backends)),
-        )
-    attrs = Attrs(flag, text, kind, values)
-    if flag == "--cache-from":
-        return CacheSpec(kind, backend.parse_import(attrs), text)
-    return CacheSpec(kind, backend.parse_export(attrs), text)
+    def close(self) -> None:
+        for session in self._open.values():
+            cast("CacheSession[object, ExportSpec]", session).close()
+        self._open.clear()
 
 
 class RemoteCaches:
-    def __init__(self, backends: Mapping[str, Backend], ctx: CacheContext,
-                 imports: Sequence[CacheSpec], exports: Sequence[CacheSpec]) -> None:  # fmt: skip
-        self.backends = backends
-        self.ctx = ctx
+    def __init__(self, ctx: CacheContext, imports: Sequence[ImportFlag],
+                 exports: Sequence[ExportFlag]) -> None:  # fmt: skip
+        self.sessions = CacheSessions(ctx)
+        self.warn = ctx.warn
         self.imports = list(imports)
         self.exports = list(exports)
         self.loaded: list[ImportedCache] = []
-        self._selected: dict[str, list[CacheEntry]] = {}
-        self._selected_for: BuildResult | None = None
 
     def load(self) -> list[ImportedCache]:
         """Import every ``--cache-from`` in order (earlier sources win on lookups)."""
         for item in self.imports:
-            cache = self.backends[item.backend].load(item.spec, self.ctx)
+            cache = item.load(self.sessions)
             if cache is not None:
                 self.loaded.append(cache)
         return self.loaded
 
-    def _entries(self, result: BuildResult, lookup: Lookup, mode: str) -> list[CacheEntry]:
-        """The entries of *mode* for *result*, selected once (image annotation and export
-        share them)."""
-        if self._selected_for is not result:
-            self._selected_for, self._selected = result, {}
-        if mode not in self._selected:
-            self._selected[mode] = select_entries(result, lookup, mode)
-        return self._selected[mode]
-
     def close(self) -> None:
-        """Release what backends hold for the build (connections)."""
-        for backend in self.backends.values():
-            close = getattr(backend, "close", None)
-            if close is not None:
-                close()
+        self.sessions.close()
 
     def invalidate(self, digest: str) -> bool:
         return any([cache.invalidate(digest) for cache in self.loaded])
 
-    def annotate_image(self, result: BuildResult, lookup: Lookup, config: ImageConfig,
-                       layers: list[Layer]) -> None:  # fmt: skip
+    def annotate_image(self, entries: Entries, config: ImageConfig, layers: list[Layer]) -> None:
         for item in self.exports:
-            entries = self._entries(result, lookup, item.options.mode)
-            self.backends[item.backend].annotate_image(item.spec, config, entries, layers)
+            item.annotate_image(self.sessions, config, entries(item.options.mode), layers)
 
-    def export(self, result: BuildResult, lookup: Lookup) -> None:
+    def export(self, entries: Entries) -> None:
         for item in self.exports:
-            entries = self._entries(result, lookup, item.options.mode)
             try:
-                self.backends[item.backend].export(item.spec, entries, self.ctx)
+                item.export(self.sessions, entries(item.options.mode))
             except KilnError as exc:
                 if not item.options.ignore_error:
                     raise
-                self.ctx.warn(f"cache export {item.text} failed (ignored): {exc.what}")
-
-
-Lookup = Callable[[str], CacheHit | None]
-
-
-def select_entries(result: BuildResult, lookup: Lookup, mode: str) -> list[CacheEntry]:
-    plan = result.plan
-    if mode == "max":
-        stages = plan.needed_order()
-    else:
-        stages = []
-        index: int | None = plan.target
-        while index is not None:
-            stages.append(index)
-            base = plan.stages[index].base
-            index = base.stage if isinstance(base, StageBase) else None
-    entries: list[CacheEntry] = []
-    for index in stages:
-        keys = result.keys[index]
-        solved = result.stages.get(index)
-        known: dict[str, tuple[Layer | None, str]] = {}
-        if solved is not None:
-            times = {r.key: r.created for r in result.reports if r.step.stage == index}
-            for key, layer in solved.step_results:
-                known[key] = (layer, times.get(key, ""))
-        parent = keys.base
-        for key in keys.steps:
-            if key not in known:
-                hit = lookup(key)
-                if hit is not None:
-                    known[key] = (hit.record.layer, hit.record.created)
-            if key in known:
-                layer, created = known[key]
-                entries.append(CacheEntry(key, parent, layer, created))
-            parent = key
-    return entries
+                self.warn(f"cache export {item.text} failed (ignored): {exc.what}")

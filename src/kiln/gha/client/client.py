@@ -29,7 +29,7 @@ from kiln.gha.client.source import Source
 from kiln.gha.client.token import parse_scopes
 from kiln.gha.client.v1 import V1Api
 from kiln.gha.client.v2 import V2Api
-from kiln.registry.stats import TransferStats
+from kiln.http.stats import TransferStats
 
 log = logging.getLogger("kiln.gha.client")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import ContextError
-from kiln.frontend import context as context_mod
-from kiln.frontend.context import BuildContext, ContextEntry, SourceMatch
-from kiln.frontend.dockerignore import IgnoreMatcher
+from kiln.source import filehash
+from kiln.source.context import BuildContext, ContextEntry, SourceMatch
+from kiln.source.dockerignore import IgnoreMatcher
 
 
 def _write(root: Path, rel: str, data: str = "x", mode: int | None = None) -> Path:
@@ -364,11 +364,11 @@ def test_big_file_is_streamed_and_hashed(ctx: Path) -> None:
 
 
 def test_in_process_memo_never_serves_a_changed_file(ctx: Path) -> None:
-    time.sleep(context_mod._TICK_NS / 1e9 * 1.5)  # let the fixture's files settle
+    time.sleep(filehash._TICK_NS / 1e9 * 1.5)  # let the fixture's files settle
     bc = _ctx(ctx)
     path = ctx / "a.txt"
     first = bc.digest(["a.txt"], chown=None, chmod=None)
-    assert str(path.resolve()) in bc._memo._live  # remembered: the next digest is free
+    assert str(path.resolve()) in bc._hasher._memo._live  # remembered: the next digest is free
     st = path.stat()
     path.write_text("ALPHA")  # same size...
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and same mtime
@@ -387,14 +387,14 @@ def test_fresh_files_are_not_remembered(ctx: Path) -> None:
     bc = _ctx(ctx)
     _write(ctx, "new.txt", "just written")
     bc.digest(["new.txt"], chown=None, chmod=None)
-    assert str((ctx / "new.txt").resolve()) not in bc._memo._live
+    assert str((ctx / "new.txt").resolve()) not in bc._hasher._memo._live
 
 
 def _settle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shorten the persistence delay (2 s) to a few timestamp ticks, and wait that long,
     so the fixture's fresh files count as settled."""
-    monkeypatch.setattr(context_mod, "_RACY_NS", context_mod._TICK_NS)
-    time.sleep(context_mod._TICK_NS / 1e9 * 1.5)
+    monkeypatch.setattr(filehash, "_RACY_NS", filehash._TICK_NS)
+    time.sleep(filehash._TICK_NS / 1e9 * 1.5)
 
 
 def _memo_file(memo_dir: Path) -> Path:

@@ -17,7 +17,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from kiln.differ.compress import Readable
+from kiln.archive.compress import Readable
 
 BLOCK = 512
 READ_SIZE = 1 << 20

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from kiln.differ.compress import decompressing_reader
-from kiln.differ.tarstream import TarReader
+from kiln.archive.compress import decompressing_reader
+from kiln.archive.tarstream import TarReader
 from kiln.errors import ContextError, KilnError
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.users import Identity
-from kiln.frontend.context import BuildContext, ContextEntry, SourceMatch
 from kiln.snapshot.unpack import unpack_layer
+from kiln.source.context import BuildContext, ContextEntry, SourceMatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.errors import ContextError, KilnError
-from kiln.executor import fileops
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.spec import HostMount, RunSpec, TmpfsSpec
 from kiln.frontend.base import (
@@ -34,8 +33,9 @@ from kiln.frontend.base import (
     SecretMount,
     TmpfsMount,
 )
-from kiln.frontend.context import BuildContext
 from kiln.oci import digest_hex
+from kiln.solver.ops import file as fileops
+from kiln.source.context import BuildContext
 from kiln.state import KilnRoot
 
 # mounts a chain of layers read-only and yields its root

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import ContextError
-from kiln.frontend.dockerignore import (
+from kiln.source.dockerignore import (
     IgnoreMatcher,
     contains_wildcards,
     go_clean,

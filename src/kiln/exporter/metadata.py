@@ -1,0 +1,48 @@
+"""``--metadata-file``: what a build made, as JSON (buildx's keys plus kiln's own).
+
+buildx's ``containerimage.digest``, ``containerimage.config.digest``,
+``containerimage.descriptor`` and ``image.name``; kiln adds the pushed references, every
+step (label, whether and where it was cached, seconds) and the bytes moved, in total and
+split into image and cache transfers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+from kiln.exporter.image import ImageArtifacts
+from kiln.http.stats import TransferStats
+from kiln.solver.types import StepReport
+from kiln.state import write_atomic
+
+
+def metadata(art: ImageArtifacts, pushed: list[str], reports: list[StepReport],
+             stats: TransferStats) -> dict[str, Any]:  # fmt: skip
+    return {
+        "containerimage.digest": art.digest,
+        "containerimage.config.digest": art.config_desc.digest,
+        "containerimage.descriptor": art.manifest_desc.to_json(),
+        "image.name": ",".join(pushed),
+        "pushed": pushed,
+        "steps": [
+            {"step": r.step.label, "cached": r.cached, "seconds": round(r.seconds, 3)}
+            for r in reports
+        ],
+        "bytes_pulled": stats.pulled(),
+        "bytes_pushed": stats.pushed(),
+        "layer_bytes_pulled": stats.layers_pulled(),
+        "bytes": {
+            cat: {"pulled": stats.pulled(cat), "pushed": stats.pushed(cat)}
+            for cat in ("image", "cache")
+        },
+    }
+
+
+def write_metadata(path: Path, data: dict[str, Any]) -> None:
+    try:
+        write_atomic(path, json.dumps(data, indent=2).encode())
+    except OSError as exc:
+        raise KilnError(f"cannot write --metadata-file {path}: {exc}") from exc
