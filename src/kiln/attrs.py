@@ -55,7 +55,9 @@ class Attrs:
         *aliases* maps alternative spellings to the key they stand for."""
         aliases = aliases or {}
         try:
-            fields = next(csv.reader([text], skipinitialspace=True), []) if text else []
+            fields = (
+                next(csv.reader([text], skipinitialspace=True, strict=True), []) if text else []
+            )
         except csv.Error as exc:
             raise fail(f"cannot be read as key=value fields: {exc}", None) from exc
         values: dict[str, str] = {}

@@ -30,7 +30,8 @@ from kiln.exporter.local import LocalExporter
 from kiln.exporter.metadata import metadata, write_metadata
 from kiln.exporter.registry import ImageExporter, RegistryExporter
 from kiln.frontend.dockerfile import parse_file
-from kiln.frontend.planner import Planner, PlanOptions
+from kiln.frontend.planner import Planner
+from kiln.frontend.stage import PlanOptions
 from kiln.http.stats import TransferStats
 from kiln.oci import Platform, host_platform
 from kiln.registry.client import RegistryClient

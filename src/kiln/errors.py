@@ -4,10 +4,24 @@ Every failure a user can cause or meet is a :class:`KilnError` carrying user-fac
 fields: *what* happened, *why* (optional detail) and a *hint* (what to do). The CLI's
 single handler prints them and maps the family to an exit code; tracebacks only appear
 with ``--debug``. Errors from libraries (httpx, subprocess, the OCI runtime) are
-translated at the edge with ``raise ... from exc``.
+translated at the edge with ``raise ... from exc``. An error gains context (the
+Dockerfile line, the build step) through :meth:`KilnError.prefixed`, which returns a new
+error; errors are never edited in flight.
+
+Exit codes, one per family, everywhere:
+
+- **2** — the input is wrong, nothing was built: :class:`UsageError` (a flag, an
+  attribute, a value), :class:`DockerfileError`, :class:`ContextError`;
+- **1** — the build failed: a step (:class:`StepFailedError`), a registry or cache
+  (:class:`RegistryError`, :class:`CacheError`), the runtime (:class:`RuntimeFailure`),
+  or anything else reported as a plain :class:`KilnError` (a file that cannot be written);
+- **70** — an internal error (a bug: the CLI prints no traceback without ``--debug``);
+- **130** — interrupted.
 """
 
 from __future__ import annotations
+
+from typing import Self
 
 
 class KilnError(Exception):
@@ -20,6 +34,15 @@ class KilnError(Exception):
         self.what = what
         self.why = why
         self.hint = hint
+
+    def prefixed(self, prefix: str) -> Self:
+        """A new error of the same family and fields whose *what* starts with *prefix*
+        (where it happened: a Dockerfile line, a build step); this one is left as it was."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.what = f"{prefix}: {self.what}"
+        new.args = (new.what,)
+        return new
 
     def __str__(self) -> str:
         parts = [self.what]

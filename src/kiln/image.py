@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,12 +80,7 @@ class ImageConfig:
         return out
 
     def set_env(self, key: str, value: str) -> None:
-        prefix = key + "="
-        for i, item in enumerate(self.env):
-            if item.startswith(prefix):
-                self.env[i] = prefix + value
-                return
-        self.env.append(prefix + value)
+        self.env = env_with(self.env, [f"{key}={value}"], replace=True)
 
     # -- serialisation -----------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -168,3 +164,21 @@ class ImageConfig:
     @classmethod
     def from_bytes(cls, data: bytes) -> ImageConfig:
         return cls.from_json(json.loads(data))
+
+
+def env_with(env: Iterable[str], pairs: Iterable[str], *, replace: bool) -> list[str]:
+    """The ``K=V`` list *env* with every ``K=V`` of *pairs* set: a name already there is
+    replaced in place when *replace* (ENV, a secret's ``env=``) and kept otherwise (build
+    args under ENV); a new name is appended. The one way kiln builds an environment."""
+    out = list(env)
+    where: dict[str, int] = {}
+    for i, item in enumerate(out):
+        where.setdefault(item.partition("=")[0], i)
+    for pair in pairs:
+        name = pair.partition("=")[0]
+        if name not in where:
+            where[name] = len(out)
+            out.append(pair)
+        elif replace:
+            out[where[name]] = pair
+    return out

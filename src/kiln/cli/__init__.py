@@ -1,1 +1,1 @@
-"""kiln.cli."""
+"""The command line: argument parsing, progress display, the one top-level error handler."""

@@ -1,1 +1,2 @@
-"""kiln.exporter."""
+"""Outputs (``--output type=...``): image assembly, one exporter module per type, the
+metadata file."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kiln.attrs import Attrs
 from kiln.content import BlobLocator
-from kiln.errors import KilnError
+from kiln.errors import KilnError, UsageError
 from kiln.exporter.base import ExportContext, Exporter
 from kiln.oci import Layer, compression_of
 from kiln.snapshot.unpack import unpack_layer
@@ -45,7 +45,7 @@ def write_rootfs(layers: list[Layer], dest: Path, locator: BlobLocator, scratch:
     """Apply *layers* in *scratch* (an empty directory), then merge the result into *dest*."""
     dest = dest.absolute()
     if dest.exists() and not dest.is_dir():
-        raise KilnError(f"--output type=local: {dest} exists and is not a directory")
+        raise UsageError(f"--output type=local: {dest} exists and is not a directory")
     tree = scratch / "rootfs"
     tree.mkdir()
     try:

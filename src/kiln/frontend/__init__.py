@@ -1,1 +1,1 @@
-"""kiln.frontend."""
+"""Dockerfile → build plan: parsing, ARG/ENV expansion, stages, one handler per instruction."""

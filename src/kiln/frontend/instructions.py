@@ -11,7 +11,6 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from kiln import units
 from kiln.frontend.base import (
@@ -31,17 +30,15 @@ from kiln.frontend.base import (
 from kiln.frontend.dockerfile import Instruction
 from kiln.frontend.flags import parse_flags
 from kiln.frontend.mounts import parse_mount
-from kiln.image import HistoryEntry
+from kiln.frontend.stage import Planning, StageState
+from kiln.image import HistoryEntry, env_with
 
-if TYPE_CHECKING:
-    from kiln.frontend.planner import Planner, StageState
-
-Handler = Callable[["Planner", "StageState", Instruction], None]
+Handler = Callable[[Planning, StageState, Instruction], None]
 
 _HEREDOC_RE = re.compile(r"^<<(-?)(['\"]?)([A-Za-z0-9_]+)\2$")
 
 
-def dispatch(p: Planner, st: StageState, ins: Instruction) -> None:
+def dispatch(p: Planning, st: StageState, ins: Instruction) -> None:
     if ins.cmd not in ("RUN", "COPY", "ADD", "HEALTHCHECK") and ins.flags:
         parse_flags(ins, p.path)  # raises: these instructions take no flags
     HANDLERS[ins.cmd](p, st, ins)
@@ -59,7 +56,7 @@ def _step(st: StageState, ins: Instruction, op: Op, created_by: str) -> None:
 # ---------------------------------------------------------------------------- metadata
 
 
-def split_arg(ins: Instruction, p: Planner) -> list[tuple[str, str | None]]:
+def split_arg(ins: Instruction, p: Planning) -> list[tuple[str, str | None]]:
     """``ARG A B=x`` → [("A", None), ("B", "x")] (defaults not yet expanded)."""
     out: list[tuple[str, str | None]] = []
     for item in ins.value:
@@ -70,7 +67,7 @@ def split_arg(ins: Instruction, p: Planner) -> list[tuple[str, str | None]]:
     return out
 
 
-def _arg(p: Planner, st: StageState, ins: Instruction) -> None:
+def _arg(p: Planning, st: StageState, ins: Instruction) -> None:
     committed = []
     for name, default in split_arg(ins, p):
         p.arg_declared(name, default, st, ins.line)
@@ -80,42 +77,42 @@ def _arg(p: Planner, st: StageState, ins: Instruction) -> None:
     _history(st, "ARG " + " ".join(committed))
 
 
-def _env(p: Planner, st: StageState, ins: Instruction) -> None:
+def _env(p: Planning, st: StageState, ins: Instruction) -> None:
     pairs = p.key_values(ins, st)
     for key, value in pairs:
         st.config.set_env(key, value)
     _history(st, "ENV " + " ".join(f"{k}={v}" for k, v in pairs))
 
 
-def _label(p: Planner, st: StageState, ins: Instruction) -> None:
+def _label(p: Planning, st: StageState, ins: Instruction) -> None:
     pairs = p.key_values(ins, st)
     for key, value in pairs:
         st.config.labels[key] = value
     _history(st, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs))
 
 
-def _single(p: Planner, st: StageState, ins: Instruction) -> str:
+def _single(p: Planning, st: StageState, ins: Instruction) -> str:
     if len(ins.value) != 1:
         raise p.error(f"{ins.cmd} takes exactly one argument", ins.line)
     return p.expand(ins.value[0], st.expansion_env(), ins.line)
 
 
-def _user(p: Planner, st: StageState, ins: Instruction) -> None:
+def _user(p: Planning, st: StageState, ins: Instruction) -> None:
     st.config.user = _single(p, st, ins)
     _history(st, f"USER {st.config.user}")
 
 
-def _stopsignal(p: Planner, st: StageState, ins: Instruction) -> None:
+def _stopsignal(p: Planning, st: StageState, ins: Instruction) -> None:
     st.config.stop_signal = _single(p, st, ins)
     _history(st, f"STOPSIGNAL {st.config.stop_signal}")
 
 
-def _maintainer(p: Planner, st: StageState, ins: Instruction) -> None:
+def _maintainer(p: Planning, st: StageState, ins: Instruction) -> None:
     st.config.extra["author"] = " ".join(ins.value)
     _history(st, f"MAINTAINER {st.config.extra['author']}")
 
 
-def _expose(p: Planner, st: StageState, ins: Instruction) -> None:
+def _expose(p: Planning, st: StageState, ins: Instruction) -> None:
     env = st.expansion_env()
     ports = []
     for raw in ins.value:
@@ -126,7 +123,7 @@ def _expose(p: Planner, st: StageState, ins: Instruction) -> None:
     _history(st, f"EXPOSE {_go_list(ports)}")
 
 
-def _exposed_ports(p: Planner, word: str, line: int) -> list[str]:
+def _exposed_ports(p: Planning, word: str, line: int) -> list[str]:
     """``PORT[-END][/PROTO]`` → one ``port/proto`` per port, as BuildKit expands ranges."""
     spec, _, proto = word.partition("/")
     proto = (proto or "tcp").lower()
@@ -170,7 +167,7 @@ def _go_quote(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _volume(p: Planner, st: StageState, ins: Instruction) -> None:
+def _volume(p: Planning, st: StageState, ins: Instruction) -> None:
     env = st.expansion_env()
     paths = [p.expand(v, env, ins.line) for v in ins.value]
     if not paths or any(not v.strip() for v in paths):
@@ -180,26 +177,26 @@ def _volume(p: Planner, st: StageState, ins: Instruction) -> None:
     _history(st, f"VOLUME {_go_list(paths)}")
 
 
-def _command_list(p: Planner, st: StageState, ins: Instruction) -> list[str]:
+def _command_list(p: Planning, st: StageState, ins: Instruction) -> list[str]:
     if ins.json:
         return list(ins.value)
     return [*st.shell, " ".join(ins.value)]
 
 
-def _cmd(p: Planner, st: StageState, ins: Instruction) -> None:
+def _cmd(p: Planning, st: StageState, ins: Instruction) -> None:
     st.config.cmd = _command_list(p, st, ins)
     st.cmd_set = True
     _history(st, f"CMD {_go_quoted_list(st.config.cmd)}")
 
 
-def _entrypoint(p: Planner, st: StageState, ins: Instruction) -> None:
+def _entrypoint(p: Planning, st: StageState, ins: Instruction) -> None:
     st.config.entrypoint = _command_list(p, st, ins)
     if not st.cmd_set:
         st.config.cmd = None
     _history(st, f"ENTRYPOINT {_go_quoted_list(st.config.entrypoint)}")
 
 
-def _shell(p: Planner, st: StageState, ins: Instruction) -> None:
+def _shell(p: Planning, st: StageState, ins: Instruction) -> None:
     if not ins.json or not ins.value:
         raise p.error(
             "SHELL requires the JSON form", ins.line, hint='write SHELL ["/bin/bash", "-c"]'
@@ -208,7 +205,7 @@ def _shell(p: Planner, st: StageState, ins: Instruction) -> None:
     _history(st, f"SHELL {_go_list(st.config.shell)}")
 
 
-def _duration(p: Planner, text: str, line: int) -> int:
+def _duration(p: Planning, text: str, line: int) -> int:
     """A Go duration in nanoseconds, as the image config stores healthcheck times."""
     try:
         return round(units.parse_duration(text) * 1e9)
@@ -218,7 +215,7 @@ def _duration(p: Planner, text: str, line: int) -> int:
         ) from exc
 
 
-def _healthcheck(p: Planner, st: StageState, ins: Instruction) -> None:
+def _healthcheck(p: Planning, st: StageState, ins: Instruction) -> None:
     flags = parse_flags(ins, p.path)
     values = list(ins.value)
     kind = values[0].upper() if values else ""
@@ -249,7 +246,7 @@ def _healthcheck(p: Planner, st: StageState, ins: Instruction) -> None:
     _history(st, "HEALTHCHECK " + json.dumps(st.config.healthcheck))
 
 
-def _onbuild(p: Planner, st: StageState, ins: Instruction) -> None:
+def _onbuild(p: Planning, st: StageState, ins: Instruction) -> None:
     if ins.sub_cmd in (None, "ONBUILD", "FROM", "MAINTAINER"):
         raise p.error(f"{ins.sub_cmd or 'an empty'} trigger is not allowed in ONBUILD", ins.line)
     trigger = ins.original.split(None, 1)[1] if " " in ins.original.strip() else ""
@@ -259,13 +256,13 @@ def _onbuild(p: Planner, st: StageState, ins: Instruction) -> None:
 # ---------------------------------------------------------------------------- filesystem
 
 
-def _workdir(p: Planner, st: StageState, ins: Instruction) -> None:
+def _workdir(p: Planning, st: StageState, ins: Instruction) -> None:
     path = p.workdir_join(st, _single(p, st, ins)).rstrip("/") or "/"
     st.config.workdir = path
     _step(st, ins, MkdirOp(path=path, user=st.config.user), f"WORKDIR {path}")
 
 
-def _run(p: Planner, st: StageState, ins: Instruction) -> None:
+def _run(p: Planning, st: StageState, ins: Instruction) -> None:
     flags = parse_flags(ins, p.path)
     network = flags.get("network") or p.options.network
     if network not in ("default", "none", "host"):
@@ -304,10 +301,8 @@ def _run(p: Planner, st: StageState, ins: Instruction) -> None:
             args = [*st.shell, f"{command}\n{body}"]
         else:
             args = [*st.shell, command]
-    env = list(st.config.env)
-    env_keys = {e.partition("=")[0] for e in env}
     arg_env = [f"{k}={v}" for k, v in st.arg_values().items()]
-    env += [e for e in arg_env if e.partition("=")[0] not in env_keys]
+    env = env_with(st.config.env, arg_env, replace=False)  # ENV wins over ARG, as BuildKit
     op = ExecOp(
         args=tuple(args),
         env=tuple(env),
@@ -322,7 +317,7 @@ def _run(p: Planner, st: StageState, ins: Instruction) -> None:
     _step(st, ins, op, f"RUN {prefix}{' '.join(args)} # buildkit")
 
 
-def _with_context_digest(p: Planner, mount: Mount) -> Mount:
+def _with_context_digest(p: Planning, mount: Mount) -> Mount:
     """A bind mount of the build context is keyed by the content it binds."""
     if isinstance(mount, BindMount) and mount.from_stage is None and mount.from_image is None:
         source = mount.source.lstrip("/") or "."
@@ -332,15 +327,15 @@ def _with_context_digest(p: Planner, mount: Mount) -> Mount:
     return mount
 
 
-def _copy(p: Planner, st: StageState, ins: Instruction) -> None:
+def _copy(p: Planning, st: StageState, ins: Instruction) -> None:
     _copy_or_add(p, st, ins, add=False)
 
 
-def _add(p: Planner, st: StageState, ins: Instruction) -> None:
+def _add(p: Planning, st: StageState, ins: Instruction) -> None:
     _copy_or_add(p, st, ins, add=True)
 
 
-def _copy_or_add(p: Planner, st: StageState, ins: Instruction, *, add: bool) -> None:
+def _copy_or_add(p: Planning, st: StageState, ins: Instruction, *, add: bool) -> None:
     flags = parse_flags(ins, p.path)
     if flags.all("exclude") or flags.has("parents") or flags.has("keep-git-dir"):
         raise p.error(f"{ins.cmd} --exclude/--parents/--keep-git-dir are not supported", ins.line)

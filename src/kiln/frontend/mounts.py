@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import posixpath
 from collections.abc import Callable
+from typing import Literal
 
-from kiln import units
-from kiln.errors import DockerfileError
+from kiln.attrs import Attrs
+from kiln.errors import DockerfileError, KilnError
 from kiln.frontend.base import BindMount, CacheMount, Mount, SecretMount, TmpfsMount
 from kiln.source.image import ImageBase
 
@@ -15,36 +15,36 @@ from kiln.source.image import ImageBase
 FromResolver = Callable[[str], "int | ImageBase"]
 
 _KEYS = {
-    "bind": {"target", "source", "from", "readonly", "rw", "readwrite"},
+    "bind": {"target", "source", "from", "readonly", "rw"},
     "cache": {
         "target", "id", "sharing", "from", "source", "mode", "uid", "gid", "readonly",
     },
     "tmpfs": {"target", "size"},
     "secret": {"target", "id", "required", "mode", "uid", "gid", "env"},
 }  # fmt: skip
-_ALIASES = {"dst": "target", "destination": "target", "src": "source", "ro": "readonly"}
+_ALIASES = {"dst": "target", "destination": "target", "src": "source", "ro": "readonly",
+            "readwrite": "rw"}  # fmt: skip
+# keys BuildKit accepts without a value (meaning true)
+_BARE = frozenset({"readonly", "rw", "required"})
+_SHARING: tuple[Literal["shared", "private", "locked"], ...] = ("shared", "private", "locked")
 
 
 def parse_mount(
     text: str, *, workdir: str, resolve_from: FromResolver, path: str, line: int
 ) -> Mount:
-    def fail(what: str, hint: str | None = None) -> DockerfileError:
+    def fail(what: str, hint: str | None = None) -> KilnError:
         return DockerfileError(f"--mount={text}: {what}", path=path, line=line, hint=hint)
 
-    fields: dict[str, str] = {}
-    for item in next(csv.reader([text])) if text else []:
-        key, eq, value = item.partition("=")
-        key = _ALIASES.get(key.strip().lower(), key.strip().lower())
-        fields[key] = value if eq else "true"
-    mtype = fields.pop("type", "bind")
+    attrs = Attrs.parse(text, fail, bare=_BARE, aliases=_ALIASES)
+    mtype = attrs.pop("type", "bind")
     if mtype not in _KEYS:
         raise fail(f"unsupported mount type {mtype!r}", "use bind, cache, tmpfs or secret")
-    unknown = set(fields) - _KEYS[mtype]
-    if unknown:
-        raise fail(f"unknown option {sorted(unknown)[0]!r} for type={mtype}")
-    target = fields.get("target", "")
-    if mtype == "secret" and not target and "env" not in fields:
-        target = "/run/secrets/" + fields.get("id", "")
+    attrs.check(_KEYS[mtype], mtype)
+    target = attrs.get("target")
+    if mtype == "secret" and not attrs.get("id") and not target:
+        raise fail("a secret needs an id")
+    if mtype == "secret" and not target and "env" not in attrs:
+        target = "/run/secrets/" + attrs.get("id")
     if not target and mtype != "secret":
         raise fail("a target is required")
     if target and not target.startswith("/"):
@@ -52,76 +52,45 @@ def parse_mount(
     elif target:
         target = posixpath.normpath(target)
 
-    def boolean(key: str, default: bool = False) -> bool:
-        value = fields.get(key)
-        if value is None:
-            return default
-        if value.lower() in ("true", "1", ""):
-            return True
-        if value.lower() in ("false", "0"):
-            return False
-        raise fail(f"{key} must be true or false")
-
-    def number(key: str, default: int, base: int = 10) -> int:
-        value = fields.get(key)
-        if value is None:
-            return default
-        try:
-            return int(value, base)
-        except ValueError as exc:
-            raise fail(f"{key} must be a number") from exc
-
     from_stage: int | None = None
     from_image: ImageBase | None = None
-    if "from" in fields:
-        resolved = resolve_from(fields["from"])
+    if "from" in attrs:
+        resolved = resolve_from(attrs.get("from"))
         if isinstance(resolved, int):
             from_stage = resolved
         else:
             from_image = resolved
 
     if mtype == "bind":
+        if "readonly" in attrs and "rw" in attrs:
+            raise fail("readonly and rw (readwrite) contradict each other")
+        readwrite = attrs.boolean("rw", False) or not attrs.boolean("readonly", True)
+        source = attrs.get("source", "/")
         if from_image is not None:
-            return BindMount(target, fields.get("source", "/"), None, from_image, _rw(fields))
-        return BindMount(target, fields.get("source", "/"), from_stage, None, _rw(fields))
+            return BindMount(target, source, None, from_image, readwrite)
+        return BindMount(target, source, from_stage, None, readwrite)
     if mtype == "cache":
-        sharing = fields.get("sharing", "shared")
-        if sharing not in ("shared", "private", "locked"):
-            raise fail("sharing must be shared, private or locked")
         if from_image is not None:
             raise fail("a cache mount can only be seeded from a stage")
         return CacheMount(
             target=target,
-            id=fields.get("id") or target,
-            sharing=sharing,  # type: ignore[arg-type]
+            id=attrs.get("id") or target,
+            sharing=attrs.choice("sharing", _SHARING, "shared"),
             from_stage=from_stage,
-            source=fields.get("source", ""),
-            mode=number("mode", 0o755, 8),
-            uid=number("uid", 0),
-            gid=number("gid", 0),
-            readonly=boolean("readonly"),
+            source=attrs.get("source"),
+            mode=attrs.integer("mode", 0o755, base=8),
+            uid=attrs.integer("uid", 0),
+            gid=attrs.integer("gid", 0),
+            readonly=attrs.boolean("readonly", False),
         )
     if mtype == "tmpfs":
-        return TmpfsMount(target, _size(fields.get("size", "0"), fail))
-    if not fields.get("id") and not target:
-        raise fail("a secret needs an id")
+        return TmpfsMount(target, attrs.size("size") or 0)
     return SecretMount(
         target=target,
-        id=fields.get("id") or posixpath.basename(target),
-        required=boolean("required"),
-        mode=number("mode", 0o400, 8),
-        uid=number("uid", 0),
-        gid=number("gid", 0),
-        env=fields.get("env"),
+        id=attrs.get("id") or posixpath.basename(target),
+        required=attrs.boolean("required", False),
+        mode=attrs.integer("mode", 0o400, base=8),
+        uid=attrs.integer("uid", 0),
+        gid=attrs.integer("gid", 0),
+        env=attrs.optional("env"),
     )
-
-
-def _rw(fields: dict[str, str]) -> bool:
-    return any(fields.get(k, "false").lower() in ("true", "1", "") for k in ("rw", "readwrite"))
-
-
-def _size(text: str, fail: Callable[[str], DockerfileError]) -> int:
-    try:
-        return units.parse_size(text)
-    except ValueError as exc:
-        raise fail("size must be a number with an optional unit (k, m, g)") from exc

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from kiln.errors import DockerfileError, KilnError
+from kiln.errors import DockerfileError, KilnError, UsageError
 from kiln.frontend import instructions
 from kiln.frontend.base import (
     Base,
     BuildPlan,
-    Op,
     ScratchBase,
     StageBase,
     StagePlan,
@@ -26,57 +23,13 @@ from kiln.frontend.base import (
 )
 from kiln.frontend.dockerfile import Instruction, ParsedDockerfile, RawStage, parse_instruction_text
 from kiln.frontend.shell_words import PREDEFINED_ARGS, WordError, WordExpander, parse_key_values
+from kiln.frontend.stage import ImageResolver, PlanOptions, StageState, UrlFetcher
 from kiln.image import ImageConfig
 from kiln.oci import Platform, host_platform
 from kiln.source.context import BuildContext
 from kiln.source.image import ImageBase
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class ImageResolver(Protocol):
-    def resolve(self, ref: str, platform: Platform) -> ImageBase:
-        """Resolve a reference to a pinned image (manifest and config only)."""
-        ...
-
-
-class UrlFetcher(Protocol):
-    def fetch(self, url: str, checksum: str | None) -> str:
-        """Download *url* (once) and return the digest of its content."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PlanOptions:
-    platform: Platform
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    target: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    network: str = "default"
-
-
-@dataclass
-class StageState:
-    """What an instruction handler reads and changes while a stage is walked."""
-
-    plan: StagePlan
-    config: ImageConfig
-    args: dict[str, str | None] = field(default_factory=dict)  # declared ARGs (ordered)
-    cmd_set: bool = False
-    # filesystem steps so far: (instruction, op, index of its history entry)
-    pending: list[tuple[Instruction, Op, int]] = field(default_factory=list)
-
-    @property
-    def shell(self) -> list[str]:
-        return list(self.config.shell or ["/bin/sh", "-c"])
-
-    def arg_values(self) -> dict[str, str]:
-        return {k: v for k, v in self.args.items() if v is not None}
-
-    def expansion_env(self) -> dict[str, str]:
-        env = self.arg_values()
-        env.update(self.config.env_map())
-        return env
 
 
 def platform_args(target: Platform, build: Platform) -> dict[str, str]:
@@ -91,6 +44,9 @@ def platform_args(target: Platform, build: Platform) -> dict[str, str]:
 
 
 class Planner:
+    """Plans the stages the target needs; implements :class:`~kiln.frontend.stage.Planning`
+    for the instruction handlers."""
+
     def __init__(
         self,
         parsed: ParsedDockerfile,
@@ -155,8 +111,7 @@ class Planner:
             except DockerfileError:
                 raise
             except KilnError as exc:
-                exc.what = f"{self.path}:{line}: {exc.what}"
-                raise
+                raise exc.prefixed(f"{self.path}:{line}") from exc
         return self._images[ref]
 
     def url_digest(self, url: str, checksum: str | None, line: int) -> str:
@@ -165,8 +120,7 @@ class Planner:
         try:
             return self.urls.fetch(url, checksum)
         except KilnError as exc:
-            exc.what = f"{self.path}:{line}: {exc.what}"
-            raise
+            raise exc.prefixed(f"{self.path}:{line}") from exc
 
     def stage_by_name(self, name: str, before: int) -> int | None:
         """A stage named *name* (or numbered) defined before stage *before*."""
@@ -233,8 +187,8 @@ class Planner:
         idx = self.stage_by_name(target, len(self.parsed.stages))
         if idx is None:
             names = [s.name for s in self.parsed.stages if s.name]
-            raise KilnError(
-                f"target stage {target!r} could not be found in {self.path}",
+            raise UsageError(
+                f"--target {target}: no such stage in {self.path}",
                 hint=f"stages: {', '.join(names) if names else '(none is named)'}",
             )
         return idx

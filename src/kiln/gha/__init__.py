@@ -1,1 +1,2 @@
-"""kiln.gha."""
+"""The GitHub Actions cache protocol: the client behind ``type=gha`` and the server behind
+``kiln cache serve``, sharing only the scope model."""

@@ -1,0 +1,1 @@
+"""The one HTTP layer: clients, the retry policy, transfer accounting."""

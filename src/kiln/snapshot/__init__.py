@@ -1,1 +1,1 @@
-"""kiln.snapshot."""
+"""Unpacked layers (shared by every build) and the overlayfs mounts a step runs on."""

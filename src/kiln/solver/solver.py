@@ -171,8 +171,8 @@ class Solver:
         except KilnError as exc:
             seconds = time.monotonic() - started
             self.progress.step_failed(step, seconds, str(exc))
-            exc.what = f"[{step.stage_name} {step.number}/{step.total}] {step.text}: {exc.what}"
-            raise
+            where = f"[{step.stage_name} {step.number}/{step.total}] {step.text}"
+            raise exc.prefixed(where) from exc
         seconds = time.monotonic() - started
         record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch))
         self.local.put(key, record)

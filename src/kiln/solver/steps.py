@@ -26,6 +26,7 @@ from kiln.frontend.base import (
     Step,
     UrlSource,
 )
+from kiln.image import env_with
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
 from kiln.solver.ops import file as fileops
@@ -114,7 +115,7 @@ class StepRunner:
         identity = resolve_user(rootfs, op.user)
         if not resolve_in_root(rootfs, op.workdir).is_dir():
             fileops.mkdir_p(rootfs, op.workdir, Identity(0, 0))
-        env = [*op.env, *op.proxy_env]
+        env = env_with(op.env, op.proxy_env, replace=False)
         spec = RunSpec(rootfs, list(op.args), env, op.workdir, identity, op.network)
         spec.binds.extend(host_files())
         with contextlib.ExitStack() as stack:

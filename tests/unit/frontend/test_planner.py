@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.errors import DockerfileError, KilnError
+from kiln.errors import DockerfileError, UsageError
 from kiln.frontend.base import (
     BindMount,
     CacheMount,
@@ -21,7 +21,8 @@ from kiln.frontend.base import (
     StageSource,
 )
 from kiln.frontend.dockerfile import parse_text
-from kiln.frontend.planner import Planner, PlanOptions
+from kiln.frontend.planner import Planner
+from kiln.frontend.stage import PlanOptions
 from kiln.image import ImageConfig
 from kiln.oci import Platform
 from kiln.source.context import BuildContext
@@ -146,8 +147,9 @@ FROM two
     assert isinstance(bind, BindMount) and bind.from_stage == 0
     p = plan(tmp_path, text, target="one", resolver=FakeResolver())
     assert list(p.stages) == [0]
-    with pytest.raises(KilnError, match="target stage 'nope'"):
+    with pytest.raises(UsageError, match="--target nope: no such stage") as info:
         plan(tmp_path, text, target="nope")
+    assert info.value.exit_code == 2 and "stages: one" in str(info.value)
 
 
 def test_copy_sources_are_keyed_by_content(tmp_path: Path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,9 +164,15 @@ class GhaBackend(CacheBackend[GhaImport, GhaExport]):
         return GhaSession(ctx)
 
 
+ClientFactory = Callable[[GhaConnection, CacheContext], "GhaClient"]
+
+
 class GhaSession(CacheSession[GhaImport, GhaExport]):
-    def __init__(self, ctx: CacheContext) -> None:
+    """*client_factory* makes the client of a connection (default: the real one)."""
+
+    def __init__(self, ctx: CacheContext, client_factory: ClientFactory | None = None) -> None:
         super().__init__(ctx)
+        self._factory = client_factory or GhaConnection.client
         self._clients: dict[GhaConnection, GhaClient] = {}
         # what this build imported: blobs the service holds, index bytes by index prefix
         self._known_blobs: set[str] = set()
@@ -179,7 +186,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
     def _client(self, connection: GhaConnection) -> GhaClient:
         """One client per connection for the whole build (import, lazy fetches, export)."""
         if connection not in self._clients:
-            self._clients[connection] = connection.client(self.ctx)
+            self._clients[connection] = self._factory(connection, self.ctx)
         return self._clients[connection]
 
     def scope(self, connection: GhaConnection) -> str:

@@ -33,6 +33,7 @@ from kiln.frontend.base import (
     SecretMount,
     TmpfsMount,
 )
+from kiln.image import env_with
 from kiln.oci import digest_hex
 from kiln.solver.ops import file as fileops
 from kiln.source.context import BuildContext
@@ -98,7 +99,7 @@ class RunMounts:
             with self.mount_source(mount.from_stage) as src_root:
                 source = resolve_in_root(src_root, mount.source or "/")
                 if not source.is_dir():
-                    raise KilnError(f"cache mount source {mount.source!r} is not a directory")
+                    raise ContextError(f"cache mount source {mount.source!r} is not a directory")
                 _copy_tree(source, tmp)
         else:
             tmp.mkdir()
@@ -118,7 +119,7 @@ class RunMounts:
                 src_root = stack.enter_context(self.mount_source(origin))
                 source = resolve_in_root(src_root, mount.source)
                 if not os.path.lexists(source):
-                    raise KilnError(f"bind mount source {mount.source!r} not found")
+                    raise ContextError(f"bind mount source {mount.source!r} not found")
             if mount.readwrite:  # writes are discarded after the step, as in BuildKit
                 _copy_tree(source, rw_copy)
                 source = rw_copy
@@ -156,8 +157,7 @@ class RunMounts:
             return
         if mount.env:
             value = Path(path).read_text().rstrip("\n")
-            spec.env = [e for e in spec.env if not e.startswith(mount.env + "=")]
-            spec.env.append(f"{mount.env}={value}")
+            spec.env = env_with(spec.env, [f"{mount.env}={value}"], replace=True)
         if mount.target:
             shutil.copyfile(path, host)
             os.chown(host, mount.uid, mount.gid)

@@ -1,0 +1,93 @@
+"""The one factory of kiln's httpx clients.
+
+Every client sends ``User-Agent: kiln/<version>`` and checks HTTPS against the system CA
+store (:func:`ssl.create_default_context`, never certifi's copy: an intercepting proxy's
+CA is in the system bundle). Loading that store costs ~50 ms, so it happens once per
+process and only when a verifying client is made: :class:`Clients` makes each client on
+first use, and plain-HTTP use (loopback services) never makes the verifying one.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import threading
+from collections.abc import Iterable
+
+import httpx
+
+from kiln import __version__
+
+USER_AGENT = f"kiln/{__version__}"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+
+
+@functools.cache
+def system_ca() -> ssl.SSLContext:
+    """The verifying TLS context over the system CA store, loaded on first call."""
+    return ssl.create_default_context()
+
+
+def new_client(
+    *,
+    verify: bool,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """A client that follows no redirects; *verify* False skips TLS checks (and the CA
+    store). *transport* replaces the network (tests)."""
+    return httpx.Client(
+        verify=system_ca() if verify else False,
+        timeout=timeout,
+        limits=limits,
+        transport=transport,
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+class Clients:
+    """The clients of one user, each made on first use and safe to share between threads:
+    a verifying one for HTTPS, and one without TLS checks for plain HTTP and for the
+    *insecure* hosts (``host[:port]``)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        insecure: Iterable[str] = (),
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.insecure = frozenset(insecure)
+        self._timeout = timeout
+        self._limits = limits
+        self._transport = transport
+        self._made: dict[bool, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def verifies(self, url: httpx.URL) -> bool:
+        return url.scheme == "https" and url.netloc.decode("ascii") not in self.insecure
+
+    def for_url(self, url: str | httpx.URL) -> httpx.Client:
+        """The client for *url*. It follows no redirects: each hop must be sent through
+        the client for its own URL (:class:`~kiln.http.sender.Sender` does that)."""
+        verify = self.verifies(url if isinstance(url, httpx.URL) else httpx.URL(url))
+        with self._lock:
+            client = self._made.get(verify)
+            if client is None:
+                client = self._made[verify] = new_client(
+                    verify=verify,
+                    timeout=self._timeout,
+                    limits=self._limits,
+                    transport=self._transport,
+                )
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            made, self._made = list(self._made.values()), {}
+        for client in made:
+            client.close()
