@@ -21,6 +21,8 @@ Fail = Callable[[str, "str | None"], KilnError]
 """Makes the error for a bad attribute: ``fail(what, hint)``, naming where it was given."""
 
 C = TypeVar("C", bound=str)
+V = TypeVar("V")
+P = TypeVar("P")
 
 TRUE = frozenset({"true", "1", "yes", ""})
 FALSE = frozenset({"false", "0", "no"})
@@ -138,24 +140,30 @@ class Attrs:
         return number
 
     def size(self, key: str) -> int | None:
-        value = self.values.get(key)
-        if value is None:
+        if key not in self.values:
             return None
-        try:
-            return units.parse_size(value)
-        except ValueError as exc:
-            raise self.fail(f"{key} must be a size like 500MB or 2GB, not {value!r}", None) from exc
+        return self._parsed(key, units.parse_size, "a size like 500MB or 2GB")
 
     def duration(self, key: str, default: float) -> float:
-        value = self.values.get(key)
-        if value is None:
+        if key not in self.values:
             return default
+        return self._parsed(key, units.parse_duration, "a duration like 10m or 90s")
+
+    def _parsed(self, key: str, parse: Callable[[str], V], what: str) -> V:
+        value = self.values[key]
         try:
-            return units.parse_duration(value)
+            return parse(value)
         except ValueError as exc:
-            raise self.fail(
-                f"{key} must be a duration like 10m or 90s, not {value!r}", None
-            ) from exc
+            raise self.fail(f"{key} must be {what}, not {value!r}", None) from exc
+
+    def plugin(self, types: Mapping[str, P], what: str) -> P:
+        """Pop ``type`` and return the plug-in registered under it (unknown: an error
+        listing the known ones)."""
+        kind = self.values.pop("type", "")
+        found = types.get(kind)
+        if found is None:
+            raise self.fail(f"unknown {what} {kind!r}", "known types: " + ", ".join(sorted(types)))
+        return found
 
 
 def _one_of(choices: Collection[str]) -> str:

@@ -121,17 +121,12 @@ def parse_output(text: str, tags: tuple[str, ...], exporters: Mapping[str, Outpu
     """One ``--output`` value; a bare path means ``type=local,dest=<it>``."""
     if text == "-":
         raise UsageError("--output - (a tar on stdout) is not supported", hint="use dest=FILE")
+    fail = flag_error("--output", text)
     if "=" not in text and "," not in text:
-        attrs, kind = Attrs({"dest": text}, flag_error("--output", text)), "local"
+        attrs = Attrs({"type": "local", "dest": text}, fail)
     else:
-        attrs = Attrs.parse(text, flag_error("--output", text))
-        kind = attrs.pop("type")
-    exporter = exporters.get(kind)
-    if exporter is None:
-        raise UsageError(
-            f"--output {text!r}: unknown type {kind!r}",
-            hint="known types: " + ", ".join(sorted(exporters)),
-        )
+        attrs = Attrs.parse(text, fail)
+    exporter = attrs.plugin(exporters, "type")
     if set(attrs.values) & _COMPRESSION_ATTRS:
         raise attrs.error(
             "compression is set for the whole build, not per output",

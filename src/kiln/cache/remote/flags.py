@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 from kiln.attrs import Attrs, flag_error
 from kiln.cache.remote.base import CacheType, ExportFlag, ImportFlag
-from kiln.errors import UsageError
 
 
 def _attrs(text: str, flag: str, backends: Mapping[str, CacheType]
@@ -20,13 +19,7 @@ def _attrs(text: str, flag: str, backends: Mapping[str, CacheType]
     if "=" not in text:
         text = f"type=registry,ref={text}"
     attrs = Attrs.parse(text, flag_error(flag, text))
-    kind = attrs.pop("type")
-    backend = backends.get(kind)
-    if backend is None:
-        raise UsageError(
-            f"{flag} {text!r}: unknown cache type {kind!r}",
-            hint="known types: " + ", ".join(sorted(backends)),
-        )
+    backend = attrs.plugin(backends, "cache type")
     return backend, attrs, text
 
 

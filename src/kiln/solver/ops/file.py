@@ -26,7 +26,7 @@ from kiln.archive.compress import decompressing_reader
 from kiln.archive.tarstream import TarReader
 from kiln.errors import ContextError, KilnError
 from kiln.executor.paths import resolve_in_root
-from kiln.executor.users import Identity
+from kiln.executor.users import Identity, resolve_user
 from kiln.snapshot.unpack import unpack_layer
 from kiln.source.context import BuildContext, ContextEntry, SourceMatch
 
@@ -289,3 +289,17 @@ def _chown_members(archive: Path, target: Path, owner: Identity) -> None:
         os.lchown(host, owner.uid, owner.gid)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(host, stat.S_IMODE(st.st_mode))  # chown cleared setuid and setgid
+
+
+def file_owner(rootfs: Path, spec: str) -> Identity:
+    """The owner BuildKit's file operations give for ``--chown=SPEC`` (and for WORKDIR
+    under ``USER SPEC``): a name without a group takes its passwd group, but a numeric
+    user without a group takes the same number as group, passwd entry or not (unlike a
+    RUN step's user, whose group comes from passwd)."""
+    if not spec:
+        return Identity(0, 0)
+    user, _, group = spec.partition(":")
+    if user.isdigit() and not group:
+        return Identity(int(user), int(user))
+    found = resolve_user(rootfs, spec, what="user")
+    return Identity(found.uid, found.gid)
