@@ -87,7 +87,10 @@ class Clients:
             return client
 
     def close(self) -> None:
+        """Close the clients made, and *transport* (theirs, made or not), as httpx does."""
         with self._lock:
             made, self._made = list(self._made.values()), {}
         for client in made:
             client.close()
+        if self._transport is not None:
+            self._transport.close()

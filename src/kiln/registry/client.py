@@ -18,6 +18,7 @@ import httpx
 
 from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError, NotFoundError, RegistryError
+from kiln.http.retry import DROPPED, RetryPolicy
 from kiln.http.stats import TransferStats, is_layer_media_type
 from kiln.oci import Descriptor, Platform, host_platform, is_digest, sha256_digest
 from kiln.registry.auth import pull_scope, push_scope
@@ -34,14 +35,7 @@ from kiln.registry.manifest import (
 )
 from kiln.registry.reference import Reference, api_host
 from kiln.registry.session import Session
-from kiln.registry.transport import (
-    RETRY_EXCEPTIONS,
-    RetryPolicy,
-    Transport,
-    error_messages,
-    raise_for_status,
-    transport_error,
-)
+from kiln.registry.transport import Transport, error_messages, raise_for_status, transport_error
 from kiln.registry.upload import BlobPush, BlobSource, UploadSettings, blob_present, push_blob
 
 log = logging.getLogger(__name__)
@@ -258,9 +252,9 @@ class RegistryClient:
             raise RegistryError(f"unsupported blob digest {digest!r} in {repo}")
         url = self._session.url(repo, f"blobs/{digest}")
         policy = self._session.transport.retry
+        budget = policy.budget()
         hasher = hashlib.sha256()
         offset = 0
-        failures = 0
         while True:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             response = self._session.request(
@@ -282,6 +276,7 @@ class RegistryClient:
                     ok=(200, 206),
                 )
                 skip = offset if response.status_code == 200 else 0
+                resumed_at = offset
                 try:
                     for chunk in response.iter_bytes():
                         if skip:  # the server ignored our Range: drop what we have
@@ -293,13 +288,12 @@ class RegistryClient:
                         hasher.update(chunk)
                         offset += len(chunk)
                         yield chunk
-                except RETRY_EXCEPTIONS as exc:
-                    failures += 1
-                    if failures >= policy.attempts:
+                except DROPPED as exc:
+                    if offset > resumed_at:  # a fresh budget for every stretch that moved
+                        budget = policy.budget()
+                    if not budget.pause():
                         raise transport_error(repo.registry, exc) from exc
-                    wait_for = policy.delay(failures - 1)
                     log.debug("blob %s dropped at %d bytes (%s); resuming", digest, offset, exc)
-                    policy.sleep(wait_for)
                     continue
                 except httpx.HTTPError as exc:
                     raise RegistryError(

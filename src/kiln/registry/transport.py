@@ -1,76 +1,31 @@
-"""HTTP plumbing for the registry client: scheme choice, retries, error translation.
+"""HTTP plumbing for the registry client: scheme choice and error translation.
 
-Everything httpx raises is translated here into :class:`~kiln.errors.RegistryError` (or a
-subclass) with ``raise ... from exc``; nothing above this module sees an httpx exception.
+Requests go through :mod:`kiln.http` (one :class:`~kiln.http.sender.Sender` per host, so
+a 429 holds back that registry only). Every failure is translated here into
+:class:`~kiln.errors.RegistryError` (or a subclass) with ``raise ... from exc``; nothing
+above this module sees an httpx exception.
 """
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import json
 import logging
-import random
-import ssl
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 
 import httpx
 
-from kiln import __version__
 from kiln.errors import AuthError, NotFoundError, RegistryError
+from kiln.http.clients import Clients
+from kiln.http.retry import RetryPolicy as RetryPolicy
+from kiln.http.sender import Body as Body
+from kiln.http.sender import Sender, Throttled, Unanswered
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"kiln/{__version__}"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Transport failures worth another try: the connection was made but then dropped or
-# stalled. A refused connection or an unknown host fails at once.
-RETRY_EXCEPTIONS: tuple[type[httpx.TransportError], ...] = (
-    httpx.TimeoutException,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-    httpx.CloseError,
-)
-
-Body = bytes | Callable[[], Iterable[bytes]] | None
-"""A request body: bytes, or a factory of a fresh chunk iterator (so retries can resend)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Bounded exponential backoff; ``Retry-After`` wins when the server sends one."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
-
-    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
-        """Seconds to wait before try number ``attempt + 2`` (``attempt`` counts from 0)."""
-        if response is not None:
-            after = retry_after(response.headers.get("retry-after"))
-            if after is not None:
-                return min(after, self.max_delay)
-        backoff = min(self.max_delay, self.base_delay * (2**attempt))
-        return float(backoff * random.uniform(0.8, 1.0))
-
-
-def retry_after(value: str | None) -> float | None:
-    """Parse ``Retry-After``: delay seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+TIMEOUT = httpx.Timeout(60.0, connect=15.0)  # per try; RetryPolicy.deadline bounds retries
 
 
 def is_loopback(host: str) -> bool:
@@ -89,7 +44,8 @@ def is_loopback(host: str) -> bool:
 
 
 class Transport:
-    """A thread-safe pair of httpx clients (verifying and, for insecure hosts, not)."""
+    """Registry requests over lazily made clients (verifying and, for insecure hosts and
+    plain HTTP, not); thread-safe. *retry* defaults to 5 tries within 120 s."""
 
     def __init__(
         self,
@@ -101,28 +57,16 @@ class Transport:
     ) -> None:
         self.retry = retry or RetryPolicy()
         self.insecure = frozenset(insecure)
-        self._timeout = timeout or httpx.Timeout(60.0, connect=15.0)
-        self._mock = transport
-        # Made on first use: loading the system CA store costs ~50 ms, and loopback
-        # registries (plain HTTP) never need it.
-        self._secure: httpx.Client | None = None
-        self._unverified: httpx.Client | None = None
+        # made on first use: loopback registries (plain HTTP) never load the CA store
+        self._clients = Clients(
+            timeout=timeout or TIMEOUT, limits=LIMITS, insecure=self.insecure, transport=transport
+        )
+        self._senders: dict[str, Sender] = {}
         self._schemes: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def _make_client(self, verify: ssl.SSLContext | bool) -> httpx.Client:
-        return httpx.Client(
-            verify=verify,
-            timeout=self._timeout,
-            transport=self._mock,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        )
-
     def close(self) -> None:
-        for client in (self._secure, self._unverified):
-            if client is not None:
-                client.close()
+        self._clients.close()
 
     # -- where a host lives ------------------------------------------------------
     def base_url(self, host: str) -> str:
@@ -144,24 +88,24 @@ class Transport:
         return f"{scheme}://{host}"
 
     def _probe(self, host: str) -> str:
+        url = f"https://{host}/v2/"
         try:
-            self._client_for(f"https://{host}/").get(f"https://{host}/v2/").close()
+            self._clients.for_url(url).get(url).close()
         except httpx.TransportError as exc:
             log.debug("%s does not answer HTTPS (%s); using plain HTTP", host, exc)
             return "http"
         return "https"
 
-    def _client_for(self, url: str) -> httpx.Client:
-        parsed = httpx.URL(url)
+    def _sender(self, url: str | httpx.URL) -> Sender:
+        try:
+            host = httpx.URL(str(url)).netloc.decode("ascii")
+        except httpx.InvalidURL:
+            host = ""  # the sender reports the URL
         with self._lock:
-            if parsed.scheme == "http" or parsed.netloc.decode() in self.insecure:
-                if self._unverified is None:  # plain HTTP, or TLS without verification
-                    self._unverified = self._make_client(False)
-                return self._unverified
-            if self._secure is None:
-                # the system CA store (which carries any site proxy's CA), not certifi's
-                self._secure = self._make_client(ssl.create_default_context())
-            return self._secure
+            sender = self._senders.get(host)
+            if sender is None:
+                sender = self._senders[host] = Sender(self._clients, self.retry)
+            return sender
 
     # -- sending -----------------------------------------------------------------
     def send(
@@ -183,42 +127,27 @@ class Transport:
         response sent back with ``stream=True`` must be closed by the caller. Transport
         failures become :class:`RegistryError` naming *registry*.
         """
-        client = self._client_for(str(url))
-        attempts = max(1, self.retry.attempts if retry else 1)
-        for attempt in range(attempts):
-            content: bytes | Iterable[bytes] | None = body() if callable(body) else body
-            request = client.build_request(
-                method, url, headers=headers, params=params, content=content
+        try:
+            return self._sender(url).send(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                body=body,
+                stream=stream,
+                retry=retry,
+                follow_redirects=follow_redirects,
             )
-            last = attempt == attempts - 1
-            try:
-                response = client.send(request, stream=stream, follow_redirects=follow_redirects)
-            except RETRY_EXCEPTIONS as exc:
-                if last:
-                    raise transport_error(registry, exc) from exc
-                wait = self.retry.delay(attempt)
-                log.debug("%s %s failed (%s); retrying in %.1fs", method, url, exc, wait)
-                self.retry.sleep(wait)
-                continue
-            except httpx.TransportError as exc:
-                raise transport_error(registry, exc) from exc
-            if response.status_code in RETRY_STATUSES and not last:
-                wait = self.retry.delay(attempt, response)
-                response.close()
-                log.debug(
-                    "%s %s answered %d; retrying in %.1fs",
-                    method,
-                    url,
-                    response.status_code,
-                    wait,
-                )
-                self.retry.sleep(wait)
-                continue
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+        except Unanswered as failure:
+            raise transport_error(registry, failure.error) from failure.error
+        except Throttled as held:
+            raise RegistryError(
+                f"registry {registry} is throttling requests",
+                why=str(held),
+            ) from None
 
 
-def transport_error(registry: str, exc: httpx.TransportError) -> RegistryError:
+def transport_error(registry: str, exc: Exception) -> RegistryError:
     """A user-facing error for a request that got no (complete) answer."""
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError):

@@ -20,12 +20,14 @@ from pathlib import Path
 import httpx
 
 from kiln.errors import KilnError, RegistryError
+from kiln.http.retry import DROPPED, retryable_status
+from kiln.http.sender import Body
 from kiln.http.stats import is_layer_media_type
 from kiln.oci import Descriptor
 from kiln.registry.auth import pull_scope, push_scope
 from kiln.registry.reference import Reference
 from kiln.registry.session import Session
-from kiln.registry.transport import RETRY_EXCEPTIONS, RETRY_STATUSES, Body, raise_for_status
+from kiln.registry.transport import raise_for_status
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +129,9 @@ def push_blob(
     def count(n: int) -> None:
         session.stats.add_pushed(n, category, layer=layer)
 
-    policy = session.transport.retry
+    budget = session.transport.retry.budget()
     what = f"push blob {descriptor.digest} to {repo}"
-    for attempt in range(max(1, policy.attempts)):
+    while True:
         try:
             if not isinstance(location, str):
                 location = _start(session, repo, scopes, what)
@@ -140,14 +142,11 @@ def push_blob(
             return BlobPush.UPLOADED
         except _Restart as restart:
             location = None
-            if attempt == policy.attempts - 1:
+            log.debug("%s: %s; restarting the upload", what, restart)
+            if not budget.pause(restart.response):
                 if restart.response is not None:
                     raise_for_status(restart.response, what, registry=repo.registry)
                 raise RegistryError(f"{what}: failed", why=str(restart)) from restart
-            wait = policy.delay(attempt, restart.response)
-            log.debug("%s: %s; restarting the upload in %.1fs", what, restart, wait)
-            policy.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def blob_present(session: Session, repo: Reference, digest: str, scopes: Sequence[str]) -> bool:
@@ -214,7 +213,7 @@ def _check(response: httpx.Response, what: str, repo: Reference, ok: int) -> Non
     status = response.status_code
     if status == ok:
         return
-    if status in RETRY_STATUSES:
+    if retryable_status(status):
         response.close()
         raise _Restart(f"the registry answered {status}", response)
     if status == 404:  # the upload session vanished (expired or a restarted registry)
@@ -239,7 +238,7 @@ def _send(
             repo.registry, method, url, scopes=scopes, headers=headers, body=body, retry=False
         )
     except RegistryError as exc:
-        if isinstance(exc.__cause__, RETRY_EXCEPTIONS):
+        if isinstance(exc.__cause__, DROPPED):
             raise _Restart(str(exc.__cause__) or type(exc.__cause__).__name__) from exc
         raise
 

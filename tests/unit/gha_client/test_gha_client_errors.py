@@ -3,6 +3,7 @@ paths run against the real server in tests/integration/gha_client)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.fixtures.gha import token_for
+from tests.unit.http.fakes import FakeTime
 
 from kiln.errors import CacheError
 from kiln.gha.client import GO_VERSION, GhaClient, GhaEntry
@@ -97,6 +99,49 @@ def test_5xx_is_retried_until_the_budget_runs_out() -> None:
     assert time.monotonic() - started < 3
     assert "overloaded" in str(caught.value)
     assert fake.count("GET", V1 + "cache") >= 3
+
+
+def test_a_429_is_waited_out_and_holds_back_the_next_request() -> None:
+    throttled = status(429, headers={"Retry-After": "4"}, json={"message": "slow down"})
+    fake = Fake({("GET", V1 + "cache"): seq(throttled, status(204))})
+    time = FakeTime(frozen=True)  # both lookups start at the same instant
+    with client(fake, retry=time.policy(deadline=60.0, attempts=None)) as c:
+        assert c.lookup("first") is None  # 429, waited 4 s as told, then a miss
+        assert time.sleeps == [4.0]
+        assert c.lookup("second") is None  # not throttled itself, but held back too
+        assert time.sleeps == [4.0, 4.0]
+        time.now += 4.0
+        assert c.lookup("third") is None
+    assert time.sleeps == [4.0, 4.0]
+    assert fake.count("GET", V1 + "cache") == 4  # the second lookup was sent once
+
+
+def test_throttling_past_the_budget_gives_up_and_holds_back_the_others() -> None:
+    throttled = status(429, headers={"Retry-After": "30"}, json={"message": "slow down"})
+    fake = Fake({("GET", V1 + "cache"): throttled})
+    time = FakeTime()
+    with client(fake, retry=time.policy(deadline=10.0, attempts=None)) as c:
+        with pytest.raises(CacheError, match="kept throttling requests"):
+            c.lookup("k")
+        with pytest.raises(CacheError, match="is throttling requests") as caught:
+            c.save("k", b"data")  # not even the reservation is sent
+    assert caught.value.why and "30s" in caught.value.why
+    assert len(fake.requests) == 1 and time.sleeps == []
+
+
+def test_the_timeout_is_the_budget_of_every_request() -> None:
+    fake = Fake({("GET", V1 + "cache"): status(502)})
+    time = FakeTime()
+    with client(fake, timeout=60.0) as c:
+        # the default policy (built from timeout), on a fake clock
+        policy = c._requester.policy
+        assert (policy.deadline, policy.attempts) == (60.0, None)
+        c._requester.sender.policy = dataclasses.replace(policy, sleep=time.sleep,
+                                                          clock=time.clock)  # fmt: skip
+        with pytest.raises(CacheError, match="kept failing"):
+            c.lookup("k")
+    assert 50.0 < sum(time.sleeps) <= 60.0  # no attempt cap: the 60 s budget ends it
+    assert fake.count("GET", V1 + "cache") == len(time.sleeps) + 1 > 10
 
 
 def test_dropped_connections_are_retried_and_refused_ones_are_not() -> None:

@@ -1,5 +1,6 @@
 """Pieces of the GitHub Actions cache client that need no server: the version, token
-claims, URL building, Retry-After, block ids, sources."""
+claims, URL building, block ids, sources (Retry-After and the retry policy are tested in
+tests/unit/http)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from kiln.gha.client import GO_VERSION, GhaClient, GhaEntry, Scope
 from kiln.gha.client.azure import block_ids, block_list_xml, with_query
 from kiln.gha.client.client import mutable_index
 from kiln.gha.client.errors import redact
-from kiln.gha.client.retry import retry_after, retryable
 from kiln.gha.client.source import Source, run_parallel
 from kiln.gha.client.token import parse_scopes
 from kiln.gha.client.v1 import api_base as v1_base
@@ -107,16 +107,6 @@ def test_client_needs_a_usable_url(kw: dict[str, object], why: str | None) -> No
     with pytest.raises(CacheError, match=why) as caught:
         GhaClient(token=token, **kw)  # type: ignore[arg-type]
     assert caught.value.hint
-
-
-def test_retry_after_and_retryable_statuses() -> None:
-    assert retry_after("3") == 3.0
-    assert retry_after(" 0 ") == 0.0
-    assert retry_after(None) is None and retry_after("soon") is None
-    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert [s for s in (200, 204, 400, 401, 403, 404, 408, 409, 429, 500, 501, 502, 503, 504)
-            if retryable(s)] == [408, 429, 500, 502, 503, 504]  # fmt: skip
 
 
 def test_block_ids_are_64_bytes_distinct_and_ordered() -> None:

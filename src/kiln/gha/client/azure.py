@@ -14,7 +14,7 @@ import secrets
 from urllib.parse import urlencode
 
 from kiln.gha.client.common import Transfer
-from kiln.gha.client.retry import Requester
+from kiln.gha.client.requester import Requester
 from kiln.gha.client.source import Source, run_parallel
 
 X_MS_VERSION = "2024-11-04"

@@ -3,14 +3,14 @@
 One client speaks one API version: v1 REST at ``<url>_apis/artifactcache/`` or v2 twirp
 on the root of ``url_v2``. Entries are immutable; a *mutable* name is a series of keys
 ``name#1``, ``name#2``, … where the newest wins. Every request is retried through 429s,
-5xx answers and dropped connections for ``timeout`` seconds; uploads go up in parallel
+5xx answers and dropped connections for ``timeout`` seconds (:mod:`kiln.http.retry`,
+without a cap on tries; a 429 holds back the whole client); uploads go up in parallel
 chunks streamed from the file; downloads are streamed and resume with ``Range``.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,22 +18,23 @@ from types import TracebackType
 
 import httpx
 
-from kiln import __version__
 from kiln.errors import CacheError
 from kiln.gha.client.common import CacheApi, Transfer
 from kiln.gha.client.download import stream_entry
 from kiln.gha.client.errors import UNREACHABLE_HINT
 from kiln.gha.client.model import GO_VERSION, GhaEntry, Scope
-from kiln.gha.client.retry import Requester
+from kiln.gha.client.requester import Requester
 from kiln.gha.client.source import Source
 from kiln.gha.client.token import parse_scopes
 from kiln.gha.client.v1 import V1Api
 from kiln.gha.client.v2 import V2Api
+from kiln.http.clients import Clients
+from kiln.http.retry import RetryPolicy
+from kiln.http.sender import Sender
 from kiln.http.stats import TransferStats
 
 log = logging.getLogger("kiln.gha.client")
 
-USER_AGENT = f"kiln/{__version__}"
 MUTABLE_ATTEMPTS = 100
 
 
@@ -77,7 +78,10 @@ class GhaClient:
         transport: httpx.BaseTransport | None = None,
         parallel: int = 4,
         chunk_size: int = 32 << 20,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        """Each request is retried for *timeout* seconds (``retry`` replaces that policy;
+        tests inject its sleep and clock). *transport* replaces the network (tests)."""
         if api_version not in (1, 2):
             raise CacheError(
                 f"unknown GitHub Actions cache API version {api_version}",
@@ -99,22 +103,17 @@ class GhaClient:
             )
         base = _checked_url(base, "url" if api_version == 1 else "url_v2")
         per_try = max(1.0, min(timeout, 120.0))
-        # HTTPS: the system CA store (it carries any site proxy's CA), not certifi's copy.
-        # A plain-HTTP service (kiln cache serve on a trusted network) gets no TLS setup.
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context() if base.startswith("https:") else False
-        )
-        self._http = httpx.Client(
+        clients = Clients(
             transport=transport,
-            verify=verify,
             timeout=httpx.Timeout(per_try, connect=min(per_try, 30.0)),
-            headers={"User-Agent": USER_AGENT},
             # callers bound concurrency (their threads, `parallel` per upload): no pool
             # limit, so parallel saves never wait on each other for a connection
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 + 2 * parallel),
-            follow_redirects=False,
         )
-        self._requester = Requester(self._http, max(0.0, timeout), secrets=(token,))
+        policy = retry or RetryPolicy(
+            deadline=max(0.0, timeout), attempts=None, base_delay=0.25, max_delay=10.0
+        )
+        self._requester = Requester(Sender(clients, policy), secrets=(token,))
         transfer = Transfer(max(1, chunk_size), max(1, parallel), self._sent)
         self._api: CacheApi = (V1Api if api_version == 1 else V2Api)(
             self._requester, base, token, transfer
@@ -201,7 +200,7 @@ class GhaClient:
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
-        self._http.close()
+        self._requester.close()
 
     def __enter__(self) -> GhaClient:
         return self

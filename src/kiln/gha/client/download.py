@@ -17,7 +17,8 @@ import httpx
 
 from kiln.errors import CacheError
 from kiln.gha.client.model import GhaEntry
-from kiln.gha.client.retry import DROPPED, Requester
+from kiln.gha.client.requester import Requester
+from kiln.http.retry import DROPPED
 
 log = logging.getLogger("kiln.gha.client")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -52,15 +53,15 @@ def stream_entry(
 ) -> Generator[bytes, None, None]:
     what = f"cannot download cache key {entry.key}"
     url = entry.download_url
-    offset, total, attempt = 0, None, 0
+    offset, total = 0, None
     refreshed = False
-    deadline = requester.deadline()
+    budget = requester.policy.budget()  # shared by every request of the download
     while True:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         response = requester.send(
-            "GET", url, what=what, headers=headers, stream=True, signed=True, deadline=deadline
+            "GET", url, what=what, headers=headers, stream=True, signed=True, budget=budget
         )
         failure: Exception | None = None
         progressed = False
@@ -97,17 +98,14 @@ def stream_entry(
                     f"{what}: the server sent more than the {total} bytes it announced"
                 )
         if progressed:  # a fresh budget for every stretch that moved forward
-            attempt, deadline = 0, requester.deadline()
-        delay = requester.backoff.delay(attempt)
-        attempt += 1
+            budget = requester.policy.budget()
         log.debug(
-            "download of %s broke off at byte %d (%s); resuming in %.1fs",
+            "download of %s broke off at byte %d (%s)",
             entry.key,
             offset,
             type(failure).__name__ if failure else "short body",
-            delay,
         )
-        if not requester.wait_out(delay, deadline):
+        if not budget.pause():
             raise CacheError(
                 f"{what}: the download kept breaking off",
                 why=f"at byte {offset}"

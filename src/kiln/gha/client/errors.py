@@ -15,6 +15,7 @@ import httpx
 
 from kiln.errors import CacheError
 from kiln.gha.client.token import TOKEN_HINT
+from kiln.http.sender import redact as redact
 
 UNREACHABLE_HINT = (
     "check that the cache service is running and that the URL is right; for a self-hosted "
@@ -27,15 +28,6 @@ READ_ONLY_HINT = (
     "--write) can restore from the cache but not save to it"
 )
 _XML_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
-
-
-def redact(url: str | httpx.URL) -> str:
-    """*url* without its query string or credentials: ``scheme://host[:port]/path``."""
-    try:
-        u = httpx.URL(str(url))
-    except httpx.InvalidURL:
-        return "<invalid URL>"
-    return f"{u.scheme}://{u.netloc.decode('ascii', 'replace')}{u.path}"
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

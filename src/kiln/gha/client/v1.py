@@ -18,7 +18,7 @@ import httpx
 from kiln.errors import CacheError
 from kiln.gha.client.common import Transfer, check_keys, json_body, json_object
 from kiln.gha.client.model import GhaEntry
-from kiln.gha.client.retry import Requester
+from kiln.gha.client.requester import Requester
 from kiln.gha.client.source import Source, run_parallel
 
 ACCEPT = "application/json;api-version=6.0-preview.1"

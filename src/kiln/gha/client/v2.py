@@ -18,7 +18,7 @@ from kiln.errors import CacheError
 from kiln.gha.client.azure import BlobUpload
 from kiln.gha.client.common import Transfer, check_keys, json_body, json_object
 from kiln.gha.client.model import GhaEntry
-from kiln.gha.client.retry import Requester
+from kiln.gha.client.requester import Requester
 from kiln.gha.client.source import Source
 
 SERVICE = "github.actions.results.api.v1.CacheService"

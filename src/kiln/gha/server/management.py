@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from kiln.errors import CacheError, UsageError
+from kiln.http.clients import new_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,8 @@ class ManagementClient:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"invalid cache server URL {url!r}", hint="use http://HOST:PORT")
         self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            headers={"Authorization": f"Bearer {token}"}, timeout=timeout, trust_env=False
-        )
+        self._client = new_client(verify=url.startswith("https://"), timeout=httpx.Timeout(timeout))
+        self._client.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self._client.close()
