@@ -11,6 +11,7 @@ checks its value as it reads it, so no caller can ignore a bad one.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TypeVar
 
@@ -28,11 +29,32 @@ TRUE = frozenset({"true", "1", "yes", ""})
 FALSE = frozenset({"false", "0", "no"})
 
 
+# attributes whose values are credentials: never shown (type=gha's token=, ghtoken=, ...)
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|credential", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """*text* (a flag value) fit to show: the value of every credential attribute is
+    replaced by ``***`` (the rest as given, re-quoted where a field holds a comma)."""
+    if not _SECRET_KEY.search(text):
+        return text
+    fields = next(csv.reader([text], skipinitialspace=True), [])
+    shown = []
+    for item in fields:
+        key, eq, _ = item.partition("=")
+        if eq and _SECRET_KEY.search(key):
+            item = f"{key}=***"
+        shown.append(f'"{item}"' if "," in item else item)
+    return ",".join(shown)
+
+
 def flag_error(flag: str, text: str) -> Fail:
-    """Errors for a command-line flag: ``--flag 'text': what`` (exit code of usage errors)."""
+    """Errors for a command-line flag: ``--flag 'text': what`` (exit code of usage errors),
+    credentials in *text* redacted."""
+    shown = redact(text)
 
     def fail(what: str, hint: str | None = None) -> KilnError:
-        return UsageError(f"{flag} {text!r}: {what}", hint=hint)
+        return UsageError(f"{flag} {shown!r}: {what}", hint=hint)
 
     return fail
 

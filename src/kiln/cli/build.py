@@ -18,6 +18,7 @@ from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
 from kiln.cli.progress import RichProgress, make_progress
 from kiln.errors import UsageError
 from kiln.exporter.base import parse_outputs
+from kiln.registry.reference import Reference
 
 
 def register(sub: Any) -> None:
@@ -107,6 +108,11 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     from kiln.oci import Platform, host_platform
 
     tags = tuple(args.tags)
+    for tag in tags:  # checked before anything runs, whatever the outputs
+        try:
+            Reference.parse(tag)
+        except UsageError as exc:
+            raise exc.prefixed("-t") from exc
     backends = cache_backends()
     outputs = exporters()
     platform = None

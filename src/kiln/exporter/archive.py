@@ -41,8 +41,6 @@ class OciArchiveExporter(Exporter[TarOutput]):
 
     def parse(self, attrs: Attrs, tags: tuple[str, ...]) -> TarOutput:
         names = image_names(attrs, tags)
-        for name in names:
-            Reference.parse(name)
         return TarOutput(self.name, attrs.required("dest", self.name), names,
                          attrs.boolean("oci-mediatypes", True))  # fmt: skip
 

@@ -21,6 +21,7 @@ from kiln.content import BlobLocator
 from kiln.errors import UsageError
 from kiln.exporter.image import ImageSet
 from kiln.registry.client import RegistryClient
+from kiln.registry.reference import Reference
 
 S = TypeVar("S")
 
@@ -112,8 +113,15 @@ class Output(Generic[S]):
 
 
 def image_names(attrs: Attrs, tags: tuple[str, ...]) -> tuple[str, ...]:
-    """``name=a,b`` (quoted, as one attribute) or else the build's ``-t`` tags."""
-    return tuple(n for n in attrs.get("name").split(",") if n) or tags
+    """``name=a,b`` (quoted, as one attribute), each checked, or else the build's ``-t``
+    tags (checked where ``-t`` is parsed)."""
+    given = tuple(n for n in attrs.get("name").split(",") if n)
+    for name in given:
+        try:
+            Reference.parse(name)
+        except UsageError as exc:
+            raise attrs.error(f"name: {exc.what}", hint=exc.hint) from exc
+    return given or tags
 
 
 def parse_output(text: str, tags: tuple[str, ...], exporters: Mapping[str, OutputType]

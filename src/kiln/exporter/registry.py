@@ -32,8 +32,6 @@ class RegistryExporter(Exporter[RegistryOutput]):
         push = attrs.boolean("push", self.push_default)
         if push and not names:
             raise attrs.error("no image name to push", hint="give one with -t NAME or name=NAME")
-        for name in names:
-            Reference.parse(name)  # checked before anything runs, not after a long build
         return RegistryOutput(names, push, attrs.boolean("oci-mediatypes", True),
                               attrs.boolean("registry.insecure", False))  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -121,7 +122,7 @@ RUN id -u > /tmp/uid && id -g > /tmp/gid
 def test_unknown_user_is_a_clear_error(kiln, busybox_image, tmp_path: Path):
     ctx = make_context(tmp_path / "ctx", f"FROM {busybox_image}\nUSER ghost\nRUN true\n")
     run = kiln("build", ctx)
-    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "unable to find user ghost" in run.stderr
 
 
@@ -227,9 +228,9 @@ RUN --mount=type=secret,id=token cat /run/secrets/token > /dev/null && echo ok >
     out = rootfs(kiln, ctx, tmp_path / "out", "--secret", f"id=token,src={secret}", root=root)
     assert (out / "bound").read_text() == "bound content\n"
     assert (out / "cache-seen").read_text() == "run\n"
-    assert not (out / "cache").exists() or not any((out / "cache").iterdir())
+    assert not (out / "cache").exists()  # the empty mount points are gone
     assert (out / "tmpfs-seen").read_text() == "x\n"
-    assert not (out / "scratch").exists() or not any((out / "scratch").iterdir())
+    assert not (out / "scratch").exists()
     assert (out / "secret-ok").read_text() == "ok\n"
     assert not (out / "run" / "secrets").exists()
     # the cache mount's content survives to the next run of the step
@@ -237,11 +238,15 @@ RUN --mount=type=secret,id=token cat /run/secrets/token > /dev/null && echo ok >
         kiln, ctx, tmp_path / "out2", "--no-cache", "--secret", f"id=token,src={secret}", root=root
     )
     assert (out2 / "cache-seen").read_text() == "run\nrun\n"
-    # a layer never contains a secret
+    # a layer never contains a secret (and every layer was really looked into)
+    layers = 0
     for blob in (root / "blobs" / "sha256").iterdir():
-        assert (
-            b"s3cr3t" not in subprocess.run(["gzip", "-dc", str(blob)], capture_output=True).stdout
-        )
+        data = blob.read_bytes()
+        if data.startswith(b"\x1f\x8b"):
+            data = gzip.decompress(data)
+            layers += 1
+        assert b"s3cr3t" not in data, blob
+    assert layers >= 4  # at least the four RUN steps' layers
 
 
 def test_source_date_epoch_gives_reproducible_images(kiln, busybox_image, tmp_path: Path):
@@ -263,4 +268,14 @@ def test_zstd_layers(kiln, busybox_image, registry, tmp_path: Path):
         check=True,
     ).stdout
     types = [layer["mediaType"] for layer in json.loads(raw)["layers"]]
-    assert types[-1] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    base = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{busybox_image}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # the base's layers are reused as they are; only the new layer is zstd
+    assert types == [
+        *(layer["mediaType"] for layer in json.loads(base)["layers"]),
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+    ]

@@ -290,17 +290,19 @@ def test_sockets_are_skipped(tmp_path: Path, store: BlobStore) -> None:
 
 
 def test_unreadable_upper_is_a_runtime_failure(tmp_path: Path, store: BlobStore) -> None:
-    with pytest.raises(RuntimeFailure):
+    with pytest.raises(RuntimeFailure, match=r"cannot turn .*/missing into a layer") as info:
         write_layer(tmp_path / "missing", store)
+    assert info.value.why == f"No such file or directory: {tmp_path / 'missing'}"
 
 
 def test_bad_compression_is_a_usage_error(tmp_path: Path, store: BlobStore) -> None:
     upper = tmp_path / "upper"
     _file(upper / "f")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="unknown compression 'lz4'"):
         write_layer(upper, store, compression="lz4")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="invalid compression-level 11 for gzip"):
         write_layer(upper, store, compression="gzip", level=11)
+    assert list(store.digests()) == []
 
 
 def test_deep_trees_do_not_hit_the_recursion_limit(tmp_path: Path, store: BlobStore) -> None:

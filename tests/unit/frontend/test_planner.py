@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.fixtures.planner import HOST, FakeResolver, plan
 
 from kiln.errors import DockerfileError, UsageError
 from kiln.frontend.base import (
@@ -13,46 +14,13 @@ from kiln.frontend.base import (
     ContextSource,
     CopyOp,
     ExecOp,
-    ImageBase,
     InlineSource,
     MkdirOp,
     ScratchBase,
     StageBase,
     StageSource,
 )
-from kiln.frontend.dockerfile import parse_text
-from kiln.frontend.planner import Planner
-from kiln.frontend.stage import PlanOptions
 from kiln.image import ImageConfig
-from kiln.oci import Platform
-from kiln.source.context import BuildContext
-from kiln.source.dockerignore import IgnoreMatcher
-
-HOST = Platform("linux", "amd64")
-
-
-class FakeResolver:
-    """Images by name with a fixed config (no registry in unit tests)."""
-
-    def __init__(self, configs: dict[str, ImageConfig] | None = None) -> None:
-        self.configs = configs or {}
-        self.asked: list[str] = []
-
-    def resolve(self, ref: str, platform: Platform) -> ImageBase:
-        self.asked.append(ref)
-        config = self.configs.get(ref) or ImageConfig(platform=platform, env=["PATH=/bin"])
-        digest = "sha256:" + f"{abs(hash(ref)):064x}"[-64:]
-        return ImageBase(ref, ref, digest, config, ())
-
-
-def plan(tmp_path: Path, text: str, *, files: dict[str, str] | None = None, **options):
-    for name, content in (files or {}).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(content)
-    resolver = options.pop("resolver", FakeResolver())
-    parsed = parse_text(text, "Dockerfile")
-    context = BuildContext(tmp_path, IgnoreMatcher([]))
-    return Planner(parsed, context, resolver, PlanOptions(platform=HOST, **options)).plan()
 
 
 def test_metadata_instructions_shape_the_config(tmp_path: Path):
@@ -118,8 +86,9 @@ def test_run_env_includes_args_but_not_their_history(tmp_path: Path):
 
 
 def test_unused_build_args_warn(tmp_path: Path):
-    p = plan(tmp_path, "FROM scratch\n", build_args={"NOPE": "1"})
-    assert p.warnings and "NOPE" in p.warnings[0]
+    p = plan(tmp_path, "FROM scratch\n", build_args={"NOPE": "1", "HTTP_PROXY": "http://p:1"})
+    # predefined proxy args never warn
+    assert p.warnings == ["build-args not consumed by the Dockerfile: NOPE"]
 
 
 def test_stages_dependencies_and_target(tmp_path: Path):

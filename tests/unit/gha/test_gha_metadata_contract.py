@@ -36,7 +36,8 @@ def test_reserve_is_unique_per_scope_key_version(metadata_store: MetadataStore) 
     assert metadata_store.reserve("main", "k", "other", blob(), None, 2.0).id != first.id
     # still taken once committed: entries are immutable
     metadata_store.record_chunk(first.id, 0, 10, 3.0)
-    assert metadata_store.commit(first.id, 10, 3.0) is not None
+    done = metadata_store.commit(first.id, 10, 3.0)
+    assert done is not None and done.id == first.id and done.ready
     with pytest.raises(AlreadyExists):
         metadata_store.reserve("main", "k", V, blob(), None, 4.0)
 
@@ -117,7 +118,8 @@ def test_match_exact_then_prefix_newest_wins(metadata_store: MetadataStore) -> N
     assert metadata_store.match("main", V, "deps_linux", prefix=True) is None
     assert metadata_store.match("main", V, "deps%", prefix=True) is None
     assert metadata_store.match("main", V, "DEPS", prefix=True) is None
-    assert metadata_store.match("main", "other", "deps", prefix=True) is not None
+    other = metadata_store.match("main", "other", "deps", prefix=True)
+    assert other is not None and other.key == "deps-linux-ccc"
 
 
 def test_touch_lru_and_unused(metadata_store: MetadataStore) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import AsyncIterator, Iterable
 
@@ -78,7 +79,7 @@ def test_assemble_missing_block_fails(storage_backend: Storage) -> None:
 
     async def go() -> None:
         await storage_backend.write_block(blob, "a", feed(b"x"))
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageError, match="staged block missing"):
             await storage_backend.assemble(blob, ["a", "never-staged"])
 
     anyio.run(go)
@@ -161,14 +162,16 @@ def test_delete_does_not_disturb_an_open_reader(storage_backend: Storage) -> Non
     "name", ["../../etc/passwd", "ABCDEF0123456789ABCDEF0123456789", "short", "a" * 32 + "/x", ""]
 )
 def test_names_that_are_not_blob_names_are_refused(storage_backend: Storage, name: str) -> None:
+    refused = f"invalid blob name {name!r}"
+
     async def go() -> None:
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageError, match=re.escape(refused)):
             await storage_backend.write_at(name, 0, feed(b"x"))
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageError, match=re.escape(refused)):
             await storage_backend.open(name)
 
     anyio.run(go)
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match=re.escape(refused)):
         storage_backend.delete(name)
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.fixtures.fake_time import FakeTime
 from tests.fixtures.gha import token_for
-from tests.unit.http.fakes import FakeTime
 
 from kiln.errors import CacheError
 from kiln.gha.client import GO_VERSION, GhaClient, GhaEntry

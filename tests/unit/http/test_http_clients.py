@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.unit.http.fakes import FakeTime
+from tests.fixtures.fake_time import FakeTime
 
 from kiln import __version__
 from kiln.http import clients as clients_module

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from tests.unit.http.fakes import FakeTime
+from tests.fixtures.fake_time import FakeTime
 
 from kiln.http.retry import DROPPED, RetryPolicy, retry_after, retryable_status
 

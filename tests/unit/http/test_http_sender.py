@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from tests.unit.http.fakes import FakeTime
+from tests.fixtures.fake_time import FakeTime
 
 from kiln.http.clients import Clients
 from kiln.http.sender import Sender, Throttled, Unanswered, redact

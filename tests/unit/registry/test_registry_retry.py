@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.unit.http.fakes import FakeTime
+from tests.fixtures.fake_time import FakeTime
 
 from kiln.content import BlobStore
 from kiln.errors import AuthError, NotFoundError, RegistryError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, RuntimeFailure
 from kiln.snapshot.unpack import Mode, unpack_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: ownership and devices")
@@ -282,8 +282,9 @@ def test_many_small_files_stream_through(tmp_path: Path) -> None:
 def test_dotdot_escapes_are_refused(tmp_path: Path, name: str) -> None:
     dest = tmp_path / "a" / "lower"
     dest.parent.mkdir()
-    with pytest.raises(KilnError) as info:
+    with pytest.raises(KilnError, match="points outside the layer root") as info:
         unpack(dest, tar(reg(name, b"pwned")))
+    assert not isinstance(info.value, RuntimeFailure)  # refused, not a failing filesystem
     assert info.value.hint
     assert not (tmp_path / "escape").exists()
     assert not (tmp_path / "a" / "escape").exists()
@@ -331,8 +332,10 @@ def test_symlink_loops_are_an_error(tmp_path: Path) -> None:
 def test_hardlinks_must_point_inside(tmp_path: Path, target: str) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"s")
-    with pytest.raises(KilnError):
+    refused = r"points (outside the layer root|at '.*', which does not exist)"
+    with pytest.raises(KilnError, match=refused) as info:
         unpack(tmp_path / "lower", tar(link("up", ".."), link("h", target, hard=True)))
+    assert not isinstance(info.value, RuntimeFailure)
     assert os.stat(secret).st_nlink == 1
 
 
@@ -348,8 +351,9 @@ def test_hardlink_through_a_symlinked_parent_resolves_inside(tmp_path: Path) -> 
 def test_nul_in_a_pax_path_is_refused(tmp_path: Path) -> None:
     info, data = reg("placeholder", b"x")
     info.pax_headers = {"path": "a\x00b"}
-    with pytest.raises(KilnError):
+    with pytest.raises(KilnError, match="NUL byte") as caught:
         unpack(tmp_path / "lower", tar((info, data)))
+    assert "not a valid tar archive" in str(caught.value.why)
 
 
 # --- corrupt blobs -------------------------------------------------------------------
@@ -382,12 +386,17 @@ def test_truncated_layers_are_errors(tmp_path: Path, compression: str) -> None:
 def test_garbage_is_an_error(tmp_path: Path, blob: bytes) -> None:
     dest = tmp_path / "lower"
     dest.mkdir()
-    with pytest.raises(KilnError):
+    with pytest.raises(KilnError) as info:
         unpack_layer(io.BytesIO(blob), "gzip", dest)
+    assert not isinstance(info.value, RuntimeFailure)
+    assert info.value.what == f"cannot unpack layer into {dest}"
+    assert str(info.value.why).startswith(
+        ("the layer is not a valid tar archive", "the layer cannot be decompressed")
+    )
 
 
 def test_unknown_mode_is_a_programming_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown unpack mode 'merge'"):
         unpack_layer(io.BytesIO(b""), "gzip", tmp_path, mode="merge")  # type: ignore[arg-type]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.unit.frontend.test_planner import FakeResolver, plan
+from tests.fixtures.planner import FakeResolver, plan
 
 from kiln.solver.keys import compute_keys
 

@@ -141,7 +141,8 @@ def test_root_and_empty_never_excluded() -> None:
     assert not m.matches(".")
     assert not m.matches("")
     assert not IgnoreMatcher([]).matches("anything")
-    assert not IgnoreMatcher(["", "   "])
+    blank = IgnoreMatcher(["", "   "])
+    assert not blank and blank.patterns == []
 
 
 def test_patterns_are_cleaned() -> None:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from tests.unit.http.fakes import FakeTime
+from tests.fixtures.fake_time import FakeTime
 
 from kiln.errors import KilnError
 from kiln.source import http as source_http

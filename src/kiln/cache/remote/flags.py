@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kiln.attrs import Attrs, flag_error
+from kiln.attrs import Attrs, flag_error, redact
 from kiln.cache.remote.base import CacheType, ExportFlag, ImportFlag
 
 
@@ -20,7 +20,7 @@ def _attrs(text: str, flag: str, backends: Mapping[str, CacheType]
         text = f"type=registry,ref={text}"
     attrs = Attrs.parse(text, flag_error(flag, text))
     backend = attrs.plugin(backends, "cache type")
-    return backend, attrs, text
+    return backend, attrs, redact(text)  # the text shown in messages: no credential
 
 
 def parse_cache_from(text: str, backends: Mapping[str, CacheType]) -> ImportFlag:

@@ -11,6 +11,7 @@ import zstandard
 
 from kiln.archive.compress import (
     DECOMPRESSION_ERRORS,
+    READ_SIZE,
     check_compression,
     compressor,
     decompressing_reader,
@@ -99,10 +100,50 @@ def test_reader_reads_every_gzip_member_and_zstd_frame() -> None:
     assert _read_all(decompressing_reader(io.BytesIO(zst), "zstd")) == DATA
 
 
-def test_reader_streams_in_bounded_reads() -> None:
-    blob = _compress("gzip")
-    reader = decompressing_reader(io.BytesIO(blob), "gzip")
-    assert len(reader.read(1000)) == 1000
+class _RecordingSource:
+    """A blob source that records every read asked of it and what it returned."""
+
+    def __init__(self, data: bytes) -> None:
+        self._raw = io.BytesIO(data)
+        self.asked: list[int | None] = []
+        self.returned: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = self._raw.read(size)
+        self.asked.append(size)
+        self.returned.append(len(data))
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        n = self._raw.readinto(buffer)
+        self.asked.append(len(buffer))
+        self.returned.append(n)
+        return n
+
+
+# Far larger than any one read may be: a reader that slurps the blob cannot pass.
+BIG = os.urandom(4 * READ_SIZE)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "uncompressed"])
+def test_reader_streams_in_bounded_reads(compression: str) -> None:
+    blob = _compress(compression, data=BIG)
+    assert len(blob) > 3 * READ_SIZE  # random data does not compress
+    source = _RecordingSource(blob)
+    reader = decompressing_reader(source, compression)
+    first = reader.read(1000)
+    assert 0 < len(first) <= 1000 and BIG.startswith(first)
+    # the first bytes out need at most one bounded read after the 4 sniffed bytes
+    assert sum(source.returned) <= 4 + READ_SIZE
+    out = [first]
+    while chunk := reader.read(65_536):
+        assert len(chunk) <= 65_536
+        out.append(chunk)
+    assert b"".join(out) == BIG
+    # never "read everything" (-1/None), never more than READ_SIZE at once
+    assert all(size is not None and 0 < size <= READ_SIZE for size in source.asked), source.asked
+    assert max(source.returned) <= READ_SIZE
+    assert sum(source.returned) == len(blob)  # and the whole blob, exactly once
 
 
 def test_reader_handles_tiny_streams() -> None:
@@ -141,16 +182,25 @@ def test_gzip_crc_mismatch_is_detected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("compression", "level"),
-    [("brotli", None), ("gzip", 10), ("gzip", -1), ("zstd", 0), ("zstd", 23)],
+    ("compression", "level", "needle"),
+    [
+        ("brotli", None, "unknown compression 'brotli'"),
+        ("gzip", 10, "invalid compression-level 10 for gzip"),
+        ("gzip", -1, "invalid compression-level -1 for gzip"),
+        ("zstd", 0, "invalid compression-level 0 for zstd"),
+        ("zstd", 23, "invalid compression-level 23 for zstd"),
+    ],
 )
-def test_bad_compression_or_level_is_a_usage_error(compression: str, level: int | None) -> None:
-    with pytest.raises(UsageError):
+def test_bad_compression_or_level_is_a_usage_error(
+    compression: str, level: int | None, needle: str
+) -> None:
+    with pytest.raises(UsageError, match=needle) as info:
         check_compression(compression, level)
-    with pytest.raises(UsageError):
+    assert info.value.hint  # the valid names or levels
+    with pytest.raises(UsageError, match=needle):
         compressor(compression, level)
 
 
 def test_unknown_compression_hint_is_a_usage_error() -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="unknown compression 'lz4'"):
         decompressing_reader(io.BytesIO(DATA), "lz4")
