@@ -146,3 +146,12 @@ def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
 def write_atomic(target: Path, data: bytes) -> None:
     with atomic_writer(target) as fh:
         fh.write(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory *path* (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -34,7 +34,7 @@ from kiln.http.clients import Clients
 from kiln.http.retry import DROPPED, RetryPolicy
 from kiln.http.sender import Sender, Throttled, Unanswered
 from kiln.oci import digest_hex, is_digest
-from kiln.state import KilnRoot, atomic_writer, write_atomic
+from kiln.state import KilnRoot, atomic_writer, fsync_dir, write_atomic
 
 META = "meta.json"
 LOCK = ".lock"
@@ -162,7 +162,7 @@ def _receive(
         staged.unlink()
         raise
     os.replace(staged, base / digest_hex(digest))
-    _sync_dir(base)  # the content is in place before meta.json names it
+    fsync_dir(base)  # the content is in place before meta.json names it
     path = urllib.parse.urlparse(str(response.url)).path
     meta = {
         "digest": digest,
@@ -171,7 +171,7 @@ def _receive(
         "filename": posixpath.basename(path.rstrip("/")) or "index.html",
     }
     write_atomic(base / META, json.dumps(meta).encode())  # the commit
-    _sync_dir(base)
+    fsync_dir(base)
     return meta
 
 
@@ -185,14 +185,6 @@ def _locked(base: Path) -> Iterator[None]:
     with open(base / LOCK, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_all_but(base: Path, content: str) -> None:

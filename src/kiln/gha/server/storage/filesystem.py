@@ -33,6 +33,7 @@ from kiln.gha.server.storage.base import (
     block_name,
     check_blob_name,
 )
+from kiln.state import fsync_dir
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -42,14 +43,6 @@ def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
         view = view[n:]
         offset += n
     view.release()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_into(dst_fd: int, src: Path, offset: int) -> int:
@@ -202,9 +195,9 @@ class FilesystemStorage(Storage):
             created = not final.parent.exists()
             final.parent.mkdir(parents=True, exist_ok=True)
             if created:
-                _fsync_dir(self._entries)
+                fsync_dir(self._entries)
             os.replace(data, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             shutil.rmtree(data.parent, ignore_errors=True)
 
         await anyio.to_thread.run_sync(run)
