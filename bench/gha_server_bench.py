@@ -138,8 +138,9 @@ def start_server(root: Path) -> Server:
 
 def token() -> str:
     sys.path.insert(0, str(REPO / "src"))
+    from kiln.gha.scopes import READ, WRITE, Scope
     from kiln.gha.server.settings import Keys
-    from kiln.gha.server.tokens import READ, WRITE, Scope, issue_token
+    from kiln.gha.server.tokens import issue_token
 
     return issue_token(Keys.derive(SECRET).jwt, [Scope("refs/heads/main", READ | WRITE)])
 

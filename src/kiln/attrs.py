@@ -25,8 +25,9 @@ C = TypeVar("C", bound=str)
 V = TypeVar("V")
 P = TypeVar("P")
 
-TRUE = frozenset({"true", "1", "yes", ""})
-FALSE = frozenset({"false", "0", "no"})
+# Go's strconv.ParseBool (what buildx and BuildKit accept), any case, plus yes/no
+TRUE = frozenset({"true", "t", "1", "yes"})
+FALSE = frozenset({"false", "f", "0", "no"})
 
 
 # attributes whose values are credentials: never shown (type=gha's token=, ghtoken=, ...)
@@ -40,10 +41,15 @@ def redact(text: str) -> str:
         return text
     fields = next(csv.reader([text], skipinitialspace=True), [])
     shown = []
+    in_secret = False
     for item in fields:
         key, eq, _ = item.partition("=")
         if eq and _SECRET_KEY.search(key):
-            item = f"{key}=***"
+            item, in_secret = f"{key}=***", True
+        elif in_secret and not eq:
+            continue  # a piece of the secret, split at a comma by a stray quote
+        else:
+            in_secret = False
         shown.append(f'"{item}"' if "," in item else item)
     return ",".join(shown)
 
@@ -90,7 +96,9 @@ class Attrs:
             key = key.strip().lower()
             key = aliases.get(key, key)
             if not key or (not eq and key not in bare):
-                raise fail(f"{item!r} is not key=value", "write key=value,key=value,...")
+                # a stray piece of a credential must not be shown either
+                shown = repr(item) if redact(text) == text else "a field"
+                raise fail(f"{shown} is not key=value", "write key=value,key=value,...")
             if key in values:
                 raise fail(f"{key} is given twice", None)
             values[key] = value if eq else "true"

@@ -13,22 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.cache.backends.gha import GhaBackend, default_scope
+from kiln.cache.backends.inline import InlineBackend
+from kiln.cache.backends.local import LocalBackend
+from kiln.cache.backends.registry import RegistryBackend
 from kiln.cache.remote.base import CacheContext, CacheType, ExportFlag, ImportFlag
-from kiln.cache.remote.gha import GhaBackend, default_scope
-from kiln.cache.remote.inline import InlineBackend
-from kiln.cache.remote.local import LocalBackend
-from kiln.cache.remote.registry import RegistryBackend
 from kiln.cache.remote.session import RemoteCaches
 from kiln.cache.store import LocalCache
 from kiln.content import BlobLocator, BlobStore
 from kiln.errors import BlobUnavailableError
 from kiln.executor.runc import RuncExecutor
-from kiln.exporter.archive import DockerArchiveExporter, OciArchiveExporter
 from kiln.exporter.base import ExportContext, OutputFlag, OutputType, default_oci_mediatypes
 from kiln.exporter.image import ImageArtifacts, ImageSet
-from kiln.exporter.local import LocalExporter
 from kiln.exporter.metadata import metadata, write_metadata
-from kiln.exporter.registry import ImageExporter, RegistryExporter
+from kiln.exporter.outputs.archive import DockerArchiveExporter, OciArchiveExporter
+from kiln.exporter.outputs.local import LocalExporter
+from kiln.exporter.outputs.registry import ImageExporter, RegistryExporter
 from kiln.frontend.dockerfile import parse_file
 from kiln.frontend.planner import Planner
 from kiln.frontend.stage import PlanOptions

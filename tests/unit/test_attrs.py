@@ -79,3 +79,20 @@ def test_check_names_the_unknown_attribute_and_the_known_ones():
     with pytest.raises(UsageError, match="unknown attribute 'colour' for type=local") as info:
         parse("dest=x,colour=red").check({"dest"}, "local")
     assert info.value.hint == "known: dest"
+
+
+def test_credentials_are_redacted_whole():
+    from kiln.attrs import redact
+
+    assert redact("type=gha,token=abc,url=http://x/") == "type=gha,token=***,url=http://x/"
+    assert redact('type=gha,"token=a,b",mode=max') == "type=gha,token=***,mode=max"
+    assert (
+        redact("type=s3,secret_access_key=k,region=r") == "type=s3,secret_access_key=***,region=r"
+    )
+    assert redact("type=registry,ref=r") == "type=registry,ref=r"
+    # a quote inside a field splits the secret: the stray piece is not echoed either
+    text = 'type=gha,token="s3c,r3t",version=3'
+    with pytest.raises(UsageError) as info:
+        parse(text)
+    assert "r3t" not in str(info.value) and "s3c" not in str(info.value)
+    assert "a field is not key=value" in str(info.value)

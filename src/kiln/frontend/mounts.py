@@ -62,9 +62,10 @@ def parse_mount(
             from_image = resolved
 
     if mtype == "bind":
-        if "readonly" in attrs and "rw" in attrs:
-            raise fail("readonly and rw (readwrite) contradict each other")
-        readwrite = attrs.boolean("rw", False) or not attrs.boolean("readonly", True)
+        # read-only unless made writable; as BuildKit, the last of readonly/rw given wins
+        readwrite = False
+        for key in [k for k in attrs.values if k in ("readonly", "rw")]:
+            readwrite = attrs.boolean(key, True) == (key == "rw")
         source = attrs.get("source", "/")
         if from_image is not None:
             return BindMount(target, source, None, from_image, readwrite)

@@ -35,14 +35,17 @@ def new_client(
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     limits: httpx.Limits = DEFAULT_LIMITS,
     transport: httpx.BaseTransport | None = None,
+    trust_env: bool = True,
 ) -> httpx.Client:
     """A client that follows no redirects; *verify* False skips TLS checks (and the CA
-    store). *transport* replaces the network (tests)."""
+    store). *transport* replaces the network (tests). *trust_env* False ignores the
+    environment's proxies (for a service that must be reached directly)."""
     return httpx.Client(
         verify=system_ca() if verify else False,
         timeout=timeout,
         limits=limits,
         transport=transport,
+        trust_env=trust_env,
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )

@@ -1,12 +1,14 @@
 """The one retry policy of kiln's HTTP users (registry, GitHub Actions cache, ADD <url>).
 
-Worth another try: 408, 429 and 5xx but 501 (the server will never do it), and a
-connection that was made and then dropped or stalled (:data:`DROPPED`). A refused
-connection or an unknown host fails at once: nothing is listening there. Before a retry
-kiln waits what ``Retry-After`` says (seconds or an HTTP date; never less than
-``base_delay``, so ``Retry-After: 0`` is no busy loop), else an exponential backoff with
-jitter. A request ends at whichever runs out first: its time budget (``deadline`` seconds
-from its first try) or its tries (``attempts``, None for no cap).
+Worth another try: 408, 429 and 5xx but 501 (the server will never do it), a connection
+that was made and then dropped or stalled, and a connection attempt that timed out
+(:data:`DROPPED`: a lost SYN is as transient as a lost packet). A refused connection or
+an unknown host fails at once: nothing is listening there. Before a retry kiln waits what
+``Retry-After`` says (seconds or an HTTP date; never less than ``base_delay``, so
+``Retry-After: 0`` is no busy loop; at most ``max_retry_after`` when that is set, so one
+huge value cannot end the request or hold back a whole registry), else an exponential
+backoff with jitter. A request ends at whichever runs out first: its time budget
+(``deadline`` seconds from its first try) or its tries (``attempts``, None for no cap).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-# the connection was made, then dropped or stalled: worth another try
+# a connection that timed out, or was made and then dropped or stalled: worth another try
 DROPPED: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectTimeout,
     httpx.ReadError,
     httpx.WriteError,
     httpx.RemoteProtocolError,
@@ -60,10 +63,11 @@ class RetryPolicy:
     """How long and how often a request is retried; ``sleep`` and ``clock`` (monotonic
     seconds) are injectable for tests."""
 
-    deadline: float = 120.0  # seconds from a request's first try to its last wait's end
+    deadline: float = 600.0  # seconds from a request's first try to its last wait's end
     attempts: int | None = 5  # tries at most, the first included (None: the deadline only)
     base_delay: float = 0.5
-    max_delay: float = 30.0  # caps the backoff, not a server's Retry-After
+    max_delay: float = 30.0  # caps the backoff
+    max_retry_after: float | None = 30.0  # caps a server's Retry-After (None: honoured whole)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
@@ -73,12 +77,13 @@ class RetryPolicy:
         return float(delay * random.uniform(0.75, 1.0))
 
     def delay(self, retry: int, response: httpx.Response | None = None) -> float:
-        """What *response* asks with ``Retry-After`` (at least ``base_delay``), else the
-        backoff of retry number *retry*."""
+        """What *response* asks with ``Retry-After`` (at least ``base_delay``, at most
+        ``max_retry_after``), else the backoff of retry number *retry*."""
         if response is not None:
             after = retry_after(response.headers.get("retry-after"))
             if after is not None:
-                return max(after, self.base_delay)
+                wait = max(after, self.base_delay)
+                return wait if self.max_retry_after is None else min(wait, self.max_retry_after)
         return self.backoff(retry)
 
     def budget(self) -> Budget:
@@ -97,6 +102,11 @@ class Budget:
         self.policy = policy
         self.deadline = deadline
         self.failures = 0
+
+    def renew(self) -> None:
+        """A new deadline from now, the failures so far kept: after a failed try of a long
+        transfer (a blob upload restarted from scratch) the wait is judged from now."""
+        self.deadline = self.policy.clock() + self.policy.deadline
 
     def fits(self, seconds: float) -> bool:
         """Whether a wait of *seconds* from now ends within the deadline."""

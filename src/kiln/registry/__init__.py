@@ -9,6 +9,7 @@ HEAD-before-upload, retries and parallel transfers. The public API::
         image = client.resolve_image(Reference.parse("busybox"), host_platform())
 """
 
+from kiln.http.retry import RetryPolicy
 from kiln.http.stats import TransferStats, TransferTotals
 from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import (
@@ -20,7 +21,6 @@ from kiln.registry.dockerconfig import (
 )
 from kiln.registry.manifest import MANIFEST_ACCEPT, Manifest, ResolvedImage
 from kiln.registry.reference import Reference
-from kiln.registry.transport import RetryPolicy
 from kiln.registry.upload import BlobPush
 
 __all__ = [

@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from kiln.http.sender import Body
 from kiln.http.stats import TransferStats
 from kiln.registry.auth import Authenticator
 from kiln.registry.dockerconfig import CredentialSource
 from kiln.registry.reference import Reference, api_host
-from kiln.registry.transport import Body, Transport
+from kiln.registry.transport import Transport
 
 
 class Session:

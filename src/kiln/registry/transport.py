@@ -17,15 +17,11 @@ from collections.abc import Iterable, Mapping
 import httpx
 
 from kiln.errors import AuthError, NotFoundError, RegistryError
-from kiln.http.clients import Clients
-from kiln.http.retry import RetryPolicy as RetryPolicy
-from kiln.http.sender import Body as Body
-from kiln.http.sender import Sender, Throttled, Unanswered
+from kiln.http.clients import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Clients
+from kiln.http.retry import RetryPolicy
+from kiln.http.sender import Body, Sender, Throttled, Unanswered
 
 log = logging.getLogger(__name__)
-
-LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=16)
-TIMEOUT = httpx.Timeout(60.0, connect=15.0)  # per try; RetryPolicy.deadline bounds retries
 
 
 def is_loopback(host: str) -> bool:
@@ -59,7 +55,10 @@ class Transport:
         self.insecure = frozenset(insecure)
         # made on first use: loopback registries (plain HTTP) never load the CA store
         self._clients = Clients(
-            timeout=timeout or TIMEOUT, limits=LIMITS, insecure=self.insecure, transport=transport
+            timeout=timeout or DEFAULT_TIMEOUT,
+            limits=DEFAULT_LIMITS,
+            insecure=self.insecure,
+            transport=transport,
         )
         self._senders: dict[str, Sender] = {}
         self._schemes: dict[str, str] = {}

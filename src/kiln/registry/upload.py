@@ -143,6 +143,9 @@ def push_blob(
         except _Restart as restart:
             location = None
             log.debug("%s: %s; restarting the upload", what, restart)
+            # restarts are bounded by the attempt cap; the deadline bounds the wait from
+            # now, however long the failed try took to send a big blob
+            budget.renew()
             if not budget.pause(restart.response):
                 if restart.response is not None:
                     raise_for_status(restart.response, what, registry=repo.registry)

@@ -32,7 +32,7 @@ import httpx
 from kiln.errors import KilnError
 from kiln.http.clients import Clients
 from kiln.http.retry import DROPPED, RetryPolicy
-from kiln.http.sender import Sender, Throttled, Unanswered
+from kiln.http.sender import Sender, Throttled, Unanswered, redact
 from kiln.oci import digest_hex, is_digest
 from kiln.state import KilnRoot, atomic_writer, fsync_dir, write_atomic
 
@@ -68,12 +68,13 @@ def _read_meta(base: Path) -> dict[str, Any] | None:
 
 def downloaded(root: KilnRoot, url: str, digest: str) -> Download:
     """The download of *url* made while planning (its digest must match)."""
+    shown = redact(url)  # no credential or signed query in a message
     base = _dir(root, url)
     meta = _read_meta(base)
     if meta is None:
-        raise KilnError(f"download of {url} is missing", hint="run the build again")
+        raise KilnError(f"download of {shown} is missing", hint="run the build again")
     if _source_digest(meta) != digest:
-        raise KilnError(f"download of {url} changed during the build", hint="run it again")
+        raise KilnError(f"download of {shown} changed during the build", hint="run it again")
     path = base / digest_hex(meta["digest"])
     return Download(path, str(meta["filename"]), meta.get("mtime"), digest)
 
@@ -101,6 +102,7 @@ class UrlFetcher:
 
     def fetch(self, url: str, checksum: str | None) -> str:
         """Download *url* (or revalidate the copy kept) and return its source digest."""
+        shown = redact(url)  # no credential or signed query in a message
         base = _dir(self.root, url)
         sender = Sender(Clients(transport=self._transport), self.retry)
         try:
@@ -109,12 +111,13 @@ class UrlFetcher:
                 meta = self._fetch(sender, base, url, checksum)
                 _remove_all_but(base, digest_hex(meta["digest"]))
         except OSError as exc:
-            raise KilnError(f"cannot store the download of {url}: {exc}") from exc
+            raise KilnError(f"cannot store the download of {shown}: {exc}") from exc
         finally:
             sender.close()
         return _source_digest(meta)
 
     def _fetch(self, sender: Sender, base: Path, url: str, checksum: str | None) -> dict[str, Any]:
+        shown = redact(url)  # no credential or signed query in a message
         kept = _read_meta(base)
         headers = {"If-None-Match": str(kept["etag"])} if kept and kept.get("etag") else {}
         budget = sender.policy.budget()
@@ -124,10 +127,10 @@ class UrlFetcher:
                     "GET", url, headers=headers, stream=True, follow_redirects=True, budget=budget
                 )
             except Unanswered as failure:
-                raise KilnError(f"cannot download {url}: {failure.error}") from failure.error
+                raise KilnError(f"cannot download {shown}: {failure.error}") from failure.error
             except Throttled as held:
                 raise KilnError(
-                    f"cannot download {url}: the server is throttling requests",
+                    f"cannot download {shown}: the server is throttling requests",
                     why=str(held),
                 ) from None
             try:
@@ -135,13 +138,13 @@ class UrlFetcher:
                     _check(url, checksum, kept["digest"])
                     return kept
                 if not 200 <= response.status_code < 300:
-                    raise KilnError(f"cannot download {url}: HTTP {response.status_code}")
+                    raise KilnError(f"cannot download {shown}: HTTP {response.status_code}")
                 return _receive(response, base, url, checksum)
             except DROPPED as exc:
                 if not budget.pause():
-                    raise KilnError(f"cannot download {url}: {exc}") from exc
+                    raise KilnError(f"cannot download {shown}: {exc}") from exc
             except httpx.HTTPError as exc:
-                raise KilnError(f"cannot download {url}: {exc}") from exc
+                raise KilnError(f"cannot download {shown}: {exc}") from exc
             finally:
                 response.close()
 
@@ -176,8 +179,9 @@ def _receive(
 
 
 def _check(url: str, checksum: str | None, digest: str) -> None:
+    shown = redact(url)  # no credential or signed query in a message
     if checksum and checksum != digest:
-        raise KilnError(f"checksum mismatch for {url}", why=f"expected {checksum}, got {digest}")
+        raise KilnError(f"checksum mismatch for {shown}", why=f"expected {checksum}, got {digest}")
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from tests.fixtures.fake_gha import FakeGha, VirtualTime, gha_token
 from tests.fixtures.fake_registry import HOST, FakeRegistry
 
 from kiln.build import cache_backends
+from kiln.cache.backends.gha import GhaSession, blob_key, index_prefix
 from kiln.cache.records import CacheEntry, StepRecord
 from kiln.cache.remote.base import CacheContext, CacheExport, CacheImport, ImportedCache
 from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
@@ -35,7 +36,6 @@ from kiln.cache.remote.format import (
     parse_config,
     parse_inline,
 )
-from kiln.cache.remote.gha import GhaSession, blob_key, index_prefix
 from kiln.cache.remote.session import CacheSessions, RemoteCaches
 from kiln.content import BlobLocator, BlobStore
 from kiln.errors import AuthError, CacheError, UsageError

@@ -6,10 +6,10 @@ import pytest
 
 from kiln.build import exporters
 from kiln.errors import UsageError
-from kiln.exporter.archive import TarOutput
 from kiln.exporter.base import Output, parse_outputs
-from kiln.exporter.local import LocalOutput
-from kiln.exporter.registry import RegistryOutput
+from kiln.exporter.outputs.archive import TarOutput
+from kiln.exporter.outputs.local import LocalOutput
+from kiln.exporter.outputs.registry import RegistryOutput
 
 
 def _specs(values: list[str], tags: tuple[str, ...], push: bool) -> list[object]:

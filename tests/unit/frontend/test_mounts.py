@@ -23,6 +23,10 @@ def test_defaults_and_aliases():
     assert mount("type=bind,target=/src") == BindMount("/src", "/", None, None, False)
     assert mount("target=rel,src=sub,from=build,rw") == BindMount("/work/rel", "sub", 0, None, True)
     assert mount("type=bind,dst=/s,readwrite=true").readwrite is True  # type: ignore[union-attr]
+    # as BuildKit: read-only by default, and the last of readonly / rw given wins
+    for flags, writable in [("ro,rw", True), ("rw,ro", False), ("readonly=false", True),
+                            ("rw=f", False), ("readonly=T,rw=1", True)]:  # fmt: skip
+        assert mount(f"type=bind,target=/s,{flags}").readwrite is writable, flags  # type: ignore[union-attr]
     assert mount("type=cache,target=/root/.cache") == CacheMount("/root/.cache", "/root/.cache")
     cache = mount("type=cache,id=go,target=/c,sharing=locked,mode=0700,uid=1000,gid=1000,ro")
     assert cache == CacheMount("/c", "go", "locked", None, "", 0o700, 1000, 1000, True)
@@ -39,7 +43,7 @@ def test_defaults_and_aliases():
         ("type=cache,target=/c,target=/d", "target is given twice"),
         ("type=cache,dst=/c,target=/d", "target is given twice"),
         ("type=bind,target=/s,rw=maybe", "rw must be true or false, not 'maybe'"),
-        ("type=bind,target=/s,readonly,rw", "contradict"),
+        ("type=bind,target=/s,ro=", "readonly must be true or false, not ''"),
         ("type=cache,target=/c,sharing=open", "sharing must be shared, private or locked"),
         ("type=cache,target=/c,uid=root", "uid must be a whole number"),
         ("type=cache,target=/c,mode=rwx", "mode must be an octal number"),

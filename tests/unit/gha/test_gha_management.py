@@ -67,3 +67,12 @@ def test_bad_token_is_an_error_with_a_hint(gha_app: AppHarness) -> None:
     with ManagementClient(gha_app.url, "not-a-token") as client, pytest.raises(CacheError) as err:
         client.stats()
     assert err.value.hint and "admin" in err.value.hint
+
+
+def test_the_management_client_never_goes_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.gha.server.management import ManagementClient
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
+    with ManagementClient("http://127.0.0.1:1", "admin-token") as client:
+        assert client._client.trust_env is False  # the admin token goes straight to the server

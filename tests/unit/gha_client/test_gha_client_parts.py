@@ -16,11 +16,11 @@ from kiln.errors import CacheError
 from kiln.gha.client import GO_VERSION, GhaClient, GhaEntry, Scope
 from kiln.gha.client.azure import block_ids, block_list_xml, with_query
 from kiln.gha.client.client import mutable_index
-from kiln.gha.client.errors import redact
 from kiln.gha.client.source import Source, run_parallel
 from kiln.gha.client.token import parse_scopes
 from kiln.gha.client.v1 import api_base as v1_base
 from kiln.gha.client.v2 import api_base as v2_base
+from kiln.http.sender import redact
 
 
 def jwt(payload: object) -> str:

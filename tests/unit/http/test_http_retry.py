@@ -14,13 +14,13 @@ def test_retryable_statuses() -> None:
     assert [s for s in statuses if retryable_status(s)] == [408, 429, 500, 502, 503, 504]
 
 
-def test_only_connections_that_were_made_count_as_dropped() -> None:
+def test_dropped_stalled_and_timed_out_connections_count_as_dropped() -> None:
     for exc in (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.CloseError):
         assert issubclass(exc, DROPPED)
-    for exc in (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+    for exc in (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout, httpx.ConnectTimeout):
         assert issubclass(exc, DROPPED)
     # nothing listens there, or the name does not resolve: fail at once
-    for exc in (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol):
+    for exc in (httpx.ConnectError, httpx.UnsupportedProtocol):
         assert not issubclass(exc, DROPPED)
 
 
@@ -40,10 +40,13 @@ def _answer(retry_after: str) -> httpx.Response:
 
 
 def test_retry_after_wins_over_the_backoff_but_never_busy_loops() -> None:
-    policy = RetryPolicy(base_delay=0.25, max_delay=3)
-    assert policy.delay(0, _answer("60")) == 60.0  # the server's word, not capped
+    policy = RetryPolicy(base_delay=0.25, max_delay=3, max_retry_after=None)
+    assert policy.delay(0, _answer("60")) == 60.0  # the server's word, not the backoff cap
     assert policy.delay(0, _answer("0")) == 0.25  # Retry-After: 0 is no busy loop
     assert policy.delay(5, _answer("garbage")) <= 3  # unreadable: the backoff
+    capped = RetryPolicy(base_delay=0.25, max_delay=3, max_retry_after=20)
+    assert capped.delay(0, _answer("60")) == 20.0  # at most max_retry_after
+    assert capped.delay(0, _answer("7")) == 7.0
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
@@ -75,7 +78,7 @@ def test_a_budget_stops_before_a_wait_that_would_end_past_the_deadline() -> None
 
 def test_a_retry_after_past_the_deadline_ends_the_budget_without_waiting() -> None:
     time = FakeTime()
-    budget = time.policy(deadline=30.0).budget()
+    budget = time.policy(deadline=30.0, max_retry_after=None).budget()
     assert not budget.pause(_answer("31"))
     assert time.sleeps == []
     assert budget.pause(_answer("29")) and time.sleeps == [29.0]

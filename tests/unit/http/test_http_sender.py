@@ -111,14 +111,21 @@ def test_drops_past_the_budget_raise_the_last_error() -> None:
 
 @pytest.mark.parametrize(
     "failure",
-    [httpx.ConnectError("[Errno 111] Connection refused"), httpx.ConnectTimeout("connect")],
+    [httpx.ConnectError("[Errno 111] Connection refused"), httpx.UnsupportedProtocol("ftp")],
 )
-def test_a_connection_never_made_fails_at_once(failure: Exception) -> None:
+def test_a_connection_refused_fails_at_once(failure: Exception) -> None:
     server, time = Server(failure), FakeTime()
     with sender(server, time) as s, pytest.raises(Unanswered) as caught:
         s.send("GET", URL)
     assert caught.value.error is failure
     assert len(server.seen) == 1 and time.sleeps == []
+
+
+def test_a_connect_timeout_is_tried_again() -> None:
+    server, time = Server(httpx.ConnectTimeout("connect")), FakeTime()
+    with sender(server, time) as s:
+        assert s.send("GET", URL).status_code == 200
+    assert len(server.seen) == 2 and len(time.sleeps) == 1
 
 
 def test_retry_after_is_waited_out() -> None:
@@ -153,10 +160,20 @@ def test_a_429_holds_back_even_a_request_that_is_not_retried() -> None:
     assert time.sleeps == [3.0] and [at for _, _, at in server.seen] == [1000.0, 1003.0]
 
 
+def test_a_huge_retry_after_is_capped() -> None:
+    throttled = httpx.Response(429, headers={"Retry-After": "21600"})
+    server, time = Server(throttled), FakeTime()
+    with sender(server, time, deadline=60.0, max_retry_after=30.0) as s:
+        assert s.send("GET", URL).status_code == 200  # waited 30 s, not six hours
+        time.now += 1.0
+        assert s.send("GET", URL).status_code == 200  # held only for what was waited
+    assert time.sleeps == [30.0] and len(server.seen) == 3
+
+
 def test_a_hold_past_the_budget_sends_nothing() -> None:
     throttled = httpx.Response(429, headers={"Retry-After": "600"})
     server, time = Server(throttled), FakeTime()
-    with sender(server, time, deadline=60.0) as s:
+    with sender(server, time, deadline=60.0, max_retry_after=None) as s:
         assert s.send("GET", URL).status_code == 429  # 600 s is past the budget: given up
         with pytest.raises(Throttled) as caught:
             s.send("GET", URL)

@@ -174,6 +174,23 @@ def test_a_429_holds_back_that_registry_only() -> None:
     assert [host for host, _ in seen] == [HOST, HOST, HOST, "127.0.0.1:6000"]
 
 
+def test_a_huge_retry_after_waits_at_most_max_retry_after() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            return _error(429, "pull rate limit", {"Retry-After": "21600"})
+        return _manifest_ok()
+
+    time = FakeTime()
+    with _client(handler, time) as client:
+        client.get_manifest(REF)  # six hours asked: 30 s waited (the default cap), then pulled
+        time.now += 30.0
+        client.get_manifest(REF)  # not held any longer: the registry is usable again
+    assert time.sleeps == [30.0] and len(calls) == 3
+
+
 def test_a_retry_after_past_the_deadline_gives_up_at_once() -> None:
     calls = []
 
@@ -182,7 +199,8 @@ def test_a_retry_after_past_the_deadline_gives_up_at_once() -> None:
         return _error(429, "pull rate limit", {"Retry-After": "21600"})
 
     time = FakeTime()
-    with _client(handler, time) as client:
+    policy = time.policy(attempts=4, base_delay=0.1, max_delay=5, max_retry_after=None)
+    with RegistryClient(retry=policy, transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(RegistryError) as info:
             client.get_manifest(REF)
         assert "429" in str(info.value) and "pull rate limit" in str(info.value)
@@ -307,6 +325,30 @@ def test_upload_restarts_the_session_after_a_failed_put() -> None:
         assert client.stats.pushed() == 2 * len(data)  # both attempts crossed the wire
     assert log == ["HEAD", "POST", "PUT", "POST", "PUT"]
     assert len(time.sleeps) == 1
+
+
+def test_a_slow_upload_keeps_its_restarts() -> None:
+    """The deadline bounds each try of an upload, not the whole push of a big blob."""
+    data = b"big layer"
+    desc = Descriptor(OCI_LAYER_GZIP, sha256_digest(data), len(data))
+    time = FakeTime()
+    puts: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(404)
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/team/app/blobs/uploads/u"})
+        puts.append(time.now)
+        if len(puts) == 1:
+            time.now += 900.0  # sending took longer than a whole request deadline
+            return _error(500, "disk hiccup")
+        return httpx.Response(201, headers={"Docker-Content-Digest": desc.digest})
+
+    policy = time.policy(attempts=4, base_delay=0.1, max_delay=5, deadline=600.0)
+    with RegistryClient(retry=policy, transport=httpx.MockTransport(handler)) as client:
+        assert client.push_blob(REF.repo_ref, desc, data) == BlobPush.UPLOADED
+    assert len(puts) == 2 and len(time.sleeps) == 1
 
 
 def test_upload_gives_up_after_bounded_restarts() -> None:

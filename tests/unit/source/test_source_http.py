@@ -237,3 +237,13 @@ def test_an_older_layout_is_downloaded_again(server: tuple[str, Files], tmp_path
     assert files.requests == [("/f", None)]  # no content named by digest: no revalidation
     assert stored(root, url, new) == (b"data", "f")
     assert not (old_dir / "content").exists()
+
+
+def test_errors_never_show_credentials_or_a_signed_query(
+    server: tuple[str, Files], tmp_path: Path
+) -> None:
+    base, _ = server
+    url = base.replace("http://", "http://user:hunter2@") + "/gone?sig=SECRETSIG&se=1"
+    with pytest.raises(KilnError, match=r"cannot download .*/gone: HTTP 404") as info:
+        fetcher(KilnRoot(tmp_path), FakeTime()).fetch(url, None)
+    assert "hunter2" not in str(info.value) and "SECRETSIG" not in str(info.value)

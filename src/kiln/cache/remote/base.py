@@ -193,14 +193,16 @@ class CacheBackend(ABC, Generic[ImportT, ExportT]):
     """One remote cache type (``registry``, ``inline``, ``local``, ``gha``): stateless."""
 
     name: ClassVar[str]
+    import_attributes: ClassVar[frozenset[str]]  # checked before parse_import is called
+    export_attributes: ClassVar[frozenset[str]]  # checked before parse_export is called
 
     @abstractmethod
     def parse_import(self, attrs: Attrs) -> ImportT:
-        """A typed import spec; raises UsageError naming a bad attribute."""
+        """A typed import spec; raises UsageError naming a bad value."""
 
     @abstractmethod
     def parse_export(self, attrs: Attrs) -> ExportT:
-        """A typed export spec; raises UsageError naming a bad attribute."""
+        """A typed export spec; raises UsageError naming a bad value."""
 
     @abstractmethod
     def open(self, ctx: CacheContext) -> CacheSession[ImportT, ExportT]:
@@ -211,9 +213,11 @@ class CacheBackend(ABC, Generic[ImportT, ExportT]):
         return frozenset()
 
     def bind_import(self, attrs: Attrs, text: str) -> ImportFlag:
+        attrs.check(self.import_attributes, self.name)
         return CacheImport(self, self.parse_import(attrs), text)
 
     def bind_export(self, attrs: Attrs, text: str) -> ExportFlag:
+        attrs.check(self.export_attributes, self.name)
         return CacheExport(self, self.parse_export(attrs), text)
 
 

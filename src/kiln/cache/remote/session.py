@@ -47,9 +47,16 @@ class CacheSessions:
         return cast("CacheSession[ImportT, ExportT]", found)
 
     def close(self) -> None:
-        for session in self._open.values():
-            cast("CacheSession[object, ExportSpec]", session).close()
-        self._open.clear()
+        """Close every session, even when one fails to (the first failure is raised)."""
+        opened, self._open = list(self._open.values()), {}
+        failure: BaseException | None = None
+        for session in opened:
+            try:
+                cast("CacheSession[object, ExportSpec]", session).close()
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 class RemoteCaches:

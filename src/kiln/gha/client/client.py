@@ -110,8 +110,13 @@ class GhaClient:
             # limit, so parallel saves never wait on each other for a connection
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 + 2 * parallel),
         )
+        # as go-actions-cache: a service's Retry-After is honoured whole (within timeout)
         policy = retry or RetryPolicy(
-            deadline=max(0.0, timeout), attempts=None, base_delay=0.25, max_delay=10.0
+            deadline=max(0.0, timeout),
+            attempts=None,
+            base_delay=0.25,
+            max_delay=10.0,
+            max_retry_after=None,
         )
         self._requester = Requester(Sender(clients, policy), secrets=(token,))
         transfer = Transfer(max(1, chunk_size), max(1, parallel), self._sent)

@@ -10,9 +10,9 @@ from typing import Any, Protocol
 import httpx
 
 from kiln.errors import CacheError
-from kiln.gha.client.errors import redact
 from kiln.gha.client.model import GhaEntry
 from kiln.gha.client.source import Source
+from kiln.http.sender import redact
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import httpx
 
 from kiln.errors import CacheError
 from kiln.gha.client.token import TOKEN_HINT
-from kiln.http.sender import redact as redact
+from kiln.http.sender import redact
 
 UNREACHABLE_HINT = (
     "check that the cache service is running and that the URL is right; for a self-hosted "

@@ -47,7 +47,9 @@ class ManagementClient:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"invalid cache server URL {url!r}", hint="use http://HOST:PORT")
         self.url = url.rstrip("/")
-        self._client = new_client(verify=url.startswith("https://"), timeout=httpx.Timeout(timeout))
+        # straight to the server, never through a proxy (the admin token must not travel)
+        self._client = new_client(verify=url.startswith("https://"), timeout=httpx.Timeout(timeout),
+                                  trust_env=False)  # fmt: skip
         self._client.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:

@@ -72,14 +72,13 @@ def _ref(attrs: Attrs, *, exporting: bool = False) -> Reference:
 
 class RegistryBackend(CacheBackend[RegistryImport, RegistryExport]):
     name = "registry"
+    import_attributes = frozenset({"ref", "registry.insecure"})
+    export_attributes = COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"ref", "registry.insecure"}
 
     def parse_import(self, attrs: Attrs) -> RegistryImport:
-        attrs.check({"ref", "registry.insecure"}, self.name)
         return RegistryImport(_ref(attrs), attrs.boolean("registry.insecure", False))
 
     def parse_export(self, attrs: Attrs) -> RegistryExport:
-        attrs.check(COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"ref", "registry.insecure"},
-                    self.name)  # fmt: skip
         image_manifest, oci = manifest_form(attrs)
         return RegistryExport(
             _ref(attrs, exporting=True),

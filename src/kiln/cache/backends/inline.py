@@ -32,6 +32,8 @@ class InlineExport:
 
 class InlineBackend(CacheBackend[Never, InlineExport]):
     name = "inline"
+    import_attributes = frozenset()
+    export_attributes = COMMON_EXPORT_ATTRS
 
     def parse_import(self, attrs: Attrs) -> Never:
         raise attrs.error(
@@ -40,7 +42,6 @@ class InlineBackend(CacheBackend[Never, InlineExport]):
         )
 
     def parse_export(self, attrs: Attrs) -> InlineExport:
-        attrs.check(COMMON_EXPORT_ATTRS, self.name)
         return InlineExport(export_options(attrs, self.name, max_allowed=False))
 
     def open(self, ctx: CacheContext) -> InlineSession:

@@ -139,9 +139,10 @@ class LocalBlobSource:
 
 class LocalBackend(CacheBackend[LocalImport, LocalExport]):
     name = "local"
+    import_attributes = frozenset({"src", "tag", "digest"})
+    export_attributes = COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"dest", "tag", "max-size"}
 
     def parse_import(self, attrs: Attrs) -> LocalImport:
-        attrs.check({"src", "tag", "digest"}, self.name)
         digest = attrs.get("digest") or None
         if digest is not None and not is_digest(digest):
             raise attrs.error(f"digest must be sha256:<64 hex>, not {digest!r}")
@@ -149,8 +150,6 @@ class LocalBackend(CacheBackend[LocalImport, LocalExport]):
                            digest)  # fmt: skip
 
     def parse_export(self, attrs: Attrs) -> LocalExport:
-        attrs.check(COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"dest", "tag", "max-size"},
-                    self.name)  # fmt: skip
         image_manifest, oci = manifest_form(attrs)
         return LocalExport(
             Path(attrs.required("dest", self.name)),

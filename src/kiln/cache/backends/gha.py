@@ -52,10 +52,10 @@ if TYPE_CHECKING:
 VERSION = "1"
 CATEGORY = "cache"
 _TRUE = ("1", "true", "yes", "on")
-_CONNECTION_ATTRS = {"scope", "url", "url_v2", "token", "version", "timeout"}
+_CONNECTION_ATTRS = frozenset({"scope", "url", "url_v2", "token", "version", "timeout"})
 # accepted for buildx compatibility (docker/build-push-action passes them); kiln lists
 # entries through the cache API itself and does not need a GitHub API token
-_IGNORED_ATTRS = {"repository", "ghtoken"}
+_IGNORED_ATTRS = frozenset({"repository", "ghtoken"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +103,9 @@ def index_prefix(scope: str, token_scope: str) -> str:
 
 def _connection(attrs: Attrs) -> GhaConnection:
     env = os.environ
-    version_text = attrs.get("version") or ("2" if env.get("ACTIONS_CACHE_SERVICE_V2", "").lower()
-                                             in _TRUE else "1")  # fmt: skip
-    if version_text not in ("1", "2"):
-        raise attrs.error(f"version must be 1 or 2, not {version_text!r}")
+    # as buildx: ACTIONS_CACHE_SERVICE_V2 (set by the runner) picks v2 unless version= says
+    v2 = env.get("ACTIONS_CACHE_SERVICE_V2", "").lower() in _TRUE
+    version_text = attrs.choice("version", ("1", "2"), "2" if v2 else "1")
     url = attrs.get("url") or env.get("ACTIONS_CACHE_URL") or env.get("ACTIONS_RESULTS_URL")
     url_v2 = attrs.get("url_v2") or env.get("ACTIONS_RESULTS_URL")
     token = attrs.get("token") or env.get("ACTIONS_RUNTIME_TOKEN", "")
@@ -151,13 +150,13 @@ class GhaBlobSource:
 
 class GhaBackend(CacheBackend[GhaImport, GhaExport]):
     name = "gha"
+    import_attributes = _CONNECTION_ATTRS | _IGNORED_ATTRS
+    export_attributes = _CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS
 
     def parse_import(self, attrs: Attrs) -> GhaImport:
-        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS, self.name)
         return GhaImport(_connection(attrs))
 
     def parse_export(self, attrs: Attrs) -> GhaExport:
-        attrs.check(_CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS, self.name)
         return GhaExport(_connection(attrs), export_options(attrs, self.name))
 
     def open(self, ctx: CacheContext) -> GhaSession:
