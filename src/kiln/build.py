@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.archive.compress import diff_id_of
 from kiln.cache.backends.gha import GhaBackend, default_scope
 from kiln.cache.backends.inline import InlineBackend
 from kiln.cache.backends.local import LocalBackend
@@ -100,7 +101,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
     root = KilnRoot(options.root or default_root()).ensure()
     sweep_stale_sessions(root.tmp)
     blobs = BlobStore(root.blobs)
-    locator = BlobLocator(blobs)
+    locator = BlobLocator(blobs, diff_id_of)  # every claimed diff ID is checked when used
     stats = TransferStats()
     with (
         contextlib.ExitStack() as stack,

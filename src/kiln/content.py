@@ -1,8 +1,15 @@
-"""Content-addressed blob store under ``$KILN_ROOT/blobs/sha256``.
+"""Content-addressed blob store under ``$KILN_ROOT/blobs/sha256``, and where blobs come from.
 
 A blob is visible under its digest only once it is complete and its digest verified:
 writers stream into a temporary file, hashing as they go, and ``os.replace`` it into
 place. A blob whose bytes do not match its name is treated as missing and removed.
+
+For layer blobs the store also remembers the diff ID (the digest of the uncompressed
+tar) once it is known for certain — computed when kiln wrote the layer, unpacked it or
+checked it — under ``blobs/diffids/``. The :class:`BlobLocator` holds what the build's
+sources *claim* a blob's diff ID is (an imported cache's record, a base image's config)
+and checks every claim against the blob itself before handing it out: a cache that
+names the wrong blob for a step is a miss, never a different image.
 """
 
 from __future__ import annotations
@@ -11,14 +18,14 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 from kiln.errors import CorruptBlobError, KilnError
-from kiln.oci import Descriptor, digest_hex
+from kiln.oci import Descriptor, digest_hex, is_digest
 
 CHUNK = 1 << 20
 
@@ -52,6 +59,7 @@ class BlobWriter:
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._diff_ids = root.parent / "diffids"
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
@@ -74,6 +82,30 @@ class BlobStore:
     def remove(self, digest: str) -> None:
         with suppress(FileNotFoundError):
             self.path(digest).unlink()
+        with suppress(FileNotFoundError):
+            (self._diff_ids / digest_hex(digest)).unlink()
+
+    def diff_id(self, digest: str) -> str | None:
+        """The diff ID known for certain of layer blob *digest*, if any."""
+        try:
+            text = (self._diff_ids / digest_hex(digest)).read_text().strip()
+        except OSError:
+            return None
+        return text if is_digest(text) else None
+
+    def record_diff_id(self, digest: str, diff_id: str) -> None:
+        """Remember the diff ID of *digest*, computed from its bytes (atomic: a crash
+        leaves the old record or none, which only costs a recomputation)."""
+        self._diff_ids.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".diffid-", dir=self._diff_ids)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(diff_id)
+            os.replace(tmp, self._diff_ids / digest_hex(digest))
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     @contextmanager
     def writer(self, expected: str | None = None) -> Iterator[BlobWriter]:
@@ -147,28 +179,54 @@ class BlobProvider(Protocol):
         ...
 
 
-class BlobLocator:
-    """Knows where every blob of a build can be fetched from, so fetching can be lazy."""
+DiffIdOf = Callable[[Path, str], str]
+"""Computes the diff ID of a stored layer blob (its path and media type)."""
 
-    def __init__(self, store: BlobStore) -> None:
+
+class BlobLocator:
+    """Knows where every blob of a build can be fetched from, so fetching can be lazy, and
+    what each source claims about the layer a blob holds (checked when it is used)."""
+
+    def __init__(self, store: BlobStore, diff_id_of: DiffIdOf | None = None) -> None:
         self.store = store
+        self._diff_id_of = diff_id_of
         self._providers: dict[str, list[BlobProvider]] = {}
+        self._claims: dict[str, list[tuple[str, BlobProvider]]] = {}  # digest: (diff ID, by)
         self._lock = threading.Lock()
 
-    def add(self, digest: str, provider: BlobProvider) -> None:
+    def add(self, digest: str, provider: BlobProvider, *, diff_id: str | None = None) -> None:
+        """*provider* can fetch *digest*; with *diff_id*, it claims that layer for it."""
         with self._lock:
             providers = self._providers.setdefault(digest, [])
             if provider not in providers:
                 providers.append(provider)
+            if diff_id is not None:
+                claims = self._claims.setdefault(digest, [])
+                if (diff_id, provider) not in claims:
+                    claims.append((diff_id, provider))
+
+    def forget(self, digest: str, provider: BlobProvider) -> None:
+        """Drop what *provider* said about *digest* (its records were found wrong)."""
+        with self._lock:
+            if provider in self._providers.get(digest, []):
+                self._providers[digest].remove(provider)
+            claims = [c for c in self._claims.get(digest, []) if c[1] != provider]
+            self._claims[digest] = claims
 
     def providers(self, digest: str) -> list[BlobProvider]:
         with self._lock:
             return list(self._providers.get(digest, []))
 
-    def fetch(self, desc: Descriptor) -> None:
-        """Make *desc* present in the local store, trying each known source in turn."""
-        if self.store.has(desc.digest):
-            return
+    def fetch(self, desc: Descriptor, *, check: bool = True) -> None:
+        """Make *desc* present in the local store, trying each known source in turn, and
+        (unless *check* is off: the caller verifies the layer itself, as unpacking does)
+        check that it is the layer every source claims it is."""
+        if not self.store.has(desc.digest):
+            self._download(desc)
+        if check:
+            self.check_claims(desc)
+
+    def _download(self, desc: Descriptor) -> None:
         providers = self.providers(desc.digest)
         if not providers:
             raise KilnError(
@@ -184,3 +242,24 @@ class BlobLocator:
                 first = first or exc  # the first source's reason is the telling one
         assert first is not None
         raise first
+
+    def check_claims(self, desc: Descriptor, actual: str | None = None) -> None:
+        """Raise :class:`CorruptBlobError` when a source claimed another diff ID for the
+        stored blob *desc* than its bytes have (*actual*, when the caller computed it)."""
+        with self._lock:
+            claimed = {diff_id for diff_id, _ in self._claims.get(desc.digest, [])}
+        if not claimed or (actual is None and self._diff_id_of is None):
+            return
+        if actual is None:
+            actual = self.store.diff_id(desc.digest)
+        if actual is None:
+            assert self._diff_id_of is not None
+            actual = self._diff_id_of(self.store.path(desc.digest), desc.media_type)
+            self.store.record_diff_id(desc.digest, actual)
+        wrong = sorted(claimed - {actual})
+        if wrong:
+            raise CorruptBlobError(
+                f"blob {desc.digest} is not the layer its source says",
+                digest=desc.digest,
+                why=f"its diff ID is {actual}, not {', '.join(wrong)}",
+            )

@@ -24,13 +24,15 @@ zstd's own (1-22, default 3, as BuildKit's default encoder), frames carry a chec
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
+from pathlib import Path
 from typing import IO, Protocol, cast
 
 import zstandard
 from isal import igzip, isal_zlib
 
-from kiln.errors import UsageError
+from kiln.errors import CorruptBlobError, UsageError
 from kiln.oci import compression_of
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
@@ -175,3 +177,19 @@ def decompressing_reader(fileobj: Readable, compression: str) -> Readable:
             ),
         )
     return raw
+
+
+def diff_id_of(path: Path, media_type: str) -> str:
+    """The diff ID of the layer blob at *path*: the SHA-256 of its uncompressed bytes.
+    A blob that cannot be decompressed is a :class:`~kiln.errors.CorruptBlobError`."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as raw:
+            reader = decompressing_reader(raw, media_type)
+            while chunk := reader.read(1 << 20):
+                digest.update(chunk)
+    except DECOMPRESSION_ERRORS as exc:
+        blob = "sha256:" + path.name
+        raise CorruptBlobError(f"layer {blob} cannot be decompressed", digest=blob,
+                               why=str(exc)) from exc  # fmt: skip
+    return "sha256:" + digest.hexdigest()

@@ -105,6 +105,7 @@ def write_layer(
             f"cannot turn {root} into a layer",
             why=f"{exc.strerror or exc}: {exc.filename or root}",
         ) from exc
+    store.record_diff_id(blob.digest, diff_id)  # made here: known for certain
     return Layer(blob=Descriptor(media_type, blob.digest, blob.size), diff_id=diff_id)
 
 

@@ -23,7 +23,8 @@ from kiln.snapshot.overlay import mount_overlay, unmount
 from kiln.snapshot.unpack import unpack_layer
 from kiln.state import KilnRoot
 
-# fetches a layer's blob into the blob store (from a registry or a remote cache)
+# fetches a layer's blob into the blob store (from a registry or a remote cache); the
+# unpacking that follows verifies its diff ID
 BlobFetcher = Callable[[Layer], None]
 
 _SHORT = 16  # hex digits of a snapshot's short link name
@@ -92,6 +93,7 @@ class SnapshotStore:
                         digest=layer.digest,
                         why=f"expected {layer.diff_id}, got {diff_id}",
                     )
+                self.blobs.record_diff_id(layer.digest, diff_id)
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -44,8 +44,10 @@ class RegistryResolver:
         except (ValueError, TypeError, KeyError) as exc:
             raise RegistryError(f"image {ref} has an invalid config: {exc}") from exc
         source = RegistryBlobSource(self.client, parsed.repo_ref, "image")
-        for layer in resolved.layers:
-            self.locator.add(layer.digest, source)
+        # the config's diff IDs are what the image says its layers are: checked when used
+        claims = config.diff_ids if len(config.diff_ids) == len(resolved.layers) else []
+        for n, layer in enumerate(resolved.layers):
+            self.locator.add(layer.digest, source, diff_id=claims[n] if claims else None)
         return ImageBase(
             ref=str(resolved.pinned),
             repository=parsed.name,

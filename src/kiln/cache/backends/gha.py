@@ -219,7 +219,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
         if not records or client is None:
             return None
         return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
-                             ctx.locator)  # fmt: skip
+                             ctx.locator, ctx.warn)  # fmt: skip
 
     # ------------------------------------------------------------------ export
     def export(self, spec: GhaExport, entries: list[CacheEntry]) -> None:

@@ -14,9 +14,8 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,13 @@ from kiln.cache.remote.base import (
 )
 from kiln.cache.remote.convert import convert_layers
 from kiln.cache.remote.format import CacheFormatError, parse_json
+from kiln.cache.remote.layout import Layout, locked
 from kiln.cache.remote.manifest import CacheManifest, build_manifest, read_records
 from kiln.content import BlobStore
 from kiln.errors import CacheError, CorruptBlobError, MissingBlobError
-from kiln.oci import INDEX_TYPES, OCI_INDEX, Descriptor, digest_hex, is_digest, sha256_digest
+from kiln.oci import INDEX_TYPES, OCI_INDEX, Descriptor, is_digest
 from kiln.registry.reference import DEFAULT_TAG
-from kiln.state import atomic_writer, write_atomic
+from kiln.state import write_atomic
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _STALE_TEMP = 3600.0
@@ -64,54 +64,6 @@ class LocalExport:
     max_size: int | None = None
 
 
-class Layout:
-    """An OCI image layout directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs" / "sha256"
-
-    def blob(self, digest: str) -> Path:
-        return self.blobs / digest_hex(digest)
-
-    def read_index(self) -> dict[str, Any]:
-        return parse_json((self.root / "index.json").read_bytes(), f"{self.root}/index.json")
-
-    def read_blob(self, desc: Descriptor) -> bytes:
-        data = self.blob(desc.digest).read_bytes()
-        if sha256_digest(data) != desc.digest:
-            raise CorruptBlobError(f"{self.blob(desc.digest)} is corrupt", digest=desc.digest)
-        return data
-
-    def has(self, desc: Descriptor) -> bool:
-        """The blob is here with the right size (a truncated one is rewritten)."""
-        try:
-            return self.blob(desc.digest).stat().st_size == desc.size
-        except OSError:
-            return False
-
-    def write_blob(self, digest: str, source: Path | bytes) -> None:
-        target = self.blob(digest)
-        if isinstance(source, bytes) and target.is_file():
-            return
-        with atomic_writer(target) as fh:
-            if isinstance(source, bytes):
-                fh.write(source)
-            else:
-                with source.open("rb") as src:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-
-
-@contextlib.contextmanager
-def _locked(root: Path, kind: int) -> Iterator[None]:
-    """``flock`` on ``<dir>/.kiln-lock``: exports exclusive, imports shared, so two kiln
-    processes never rewrite the index or collect blobs under each other."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".kiln-lock", "a") as fh:
-        fcntl.flock(fh, kind)
-        yield
-
-
 class LocalBlobSource:
     """Blobs of a local cache directory, copied in (and verified) when needed."""
 
@@ -127,6 +79,9 @@ class LocalBlobSource:
                 store.ingest(desc, iter(lambda: fh.read(1 << 20), b""), f"cache blob {path}")
         except FileNotFoundError as exc:
             raise MissingBlobError(f"cache blob {path} is gone", digest=desc.digest) from exc
+        except CorruptBlobError:
+            self.layout.discard_corrupt(desc)  # so the next export writes it again
+            raise
         except OSError as exc:
             raise CacheError(f"cannot read cache blob {path}: {exc}") from exc
 
@@ -172,7 +127,7 @@ class LocalSession(CacheSession[LocalImport, LocalExport]):
         if not spec.src.is_dir():
             self.ctx.warn(f"no cache at {spec.src}: building without it")
             return None
-        with _locked(spec.src, fcntl.LOCK_SH):
+        with locked(spec.src, fcntl.LOCK_SH):
             return self._load(layout, spec, where)
 
     def _load(self, layout: Layout, spec: LocalImport, where: str) -> ImportedCache | None:
@@ -196,12 +151,13 @@ class LocalSession(CacheSession[LocalImport, LocalExport]):
         except (OSError, CacheFormatError, CorruptBlobError) as exc:
             ctx.warn(f"cannot read cache {where}: {exc}")
             return None
-        return ImportedCache(f"local {where}", records, LocalBlobSource(layout), ctx.locator)
+        return ImportedCache(f"local {where}", records, LocalBlobSource(layout), ctx.locator,
+                             ctx.warn)  # fmt: skip
 
     # ------------------------------------------------------------------ export
     def export(self, spec: LocalExport, entries: list[CacheEntry]) -> None:
         try:
-            with _locked(spec.dest, fcntl.LOCK_EX):
+            with locked(spec.dest, fcntl.LOCK_EX):
                 self._export(spec, entries, self.ctx)
         except OSError as exc:
             raise CacheError(f"cannot write local cache {spec.dest}: {exc}") from exc
@@ -230,6 +186,7 @@ class LocalSession(CacheSession[LocalImport, LocalExport]):
         write_atomic(spec.dest / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         write_atomic(spec.dest / "index.json", json.dumps(new_index, indent=2).encode())
         _collect_garbage(layout, [*others, mine])
+        layout.save_verified()
 
 
 def _find(index: dict[str, Any], tag: str, digest: str | None) -> Descriptor | None:

@@ -107,7 +107,7 @@ class RegistrySession(CacheSession[RegistryImport, RegistryExport]):
             ctx.warn(f"cannot import cache {spec.ref}: {str(exc).splitlines()[0]}")
             return None
         source = RegistryBlobSource(ctx.client, spec.ref, CATEGORY)
-        return ImportedCache(f"registry {spec.ref}", records, source, ctx.locator)
+        return ImportedCache(f"registry {spec.ref}", records, source, ctx.locator, ctx.warn)
 
     def export(self, spec: RegistryExport, entries: list[CacheEntry]) -> None:
         ctx = self.ctx

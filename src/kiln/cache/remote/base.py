@@ -100,12 +100,16 @@ class CacheContext:
 
 
 class ImportedCache:
-    """Records imported from one source; a hit registers where its blob can be fetched."""
+    """Records imported from one source; a hit registers where its blob can be fetched and
+    which layer (diff ID) the record says it is, to be checked when the blob is used.
+
+    A source that names one blob with two diff IDs contradicts itself: every record of
+    that blob is dropped (with a warning), as a step whose result cannot be trusted."""
 
     def __init__(self, name: str, records: dict[str, StepRecord], provider: BlobProvider,
-                 locator: BlobLocator) -> None:  # fmt: skip
+                 locator: BlobLocator, warn: Callable[[str], None]) -> None:  # fmt: skip
         self.name = name
-        self.records = records
+        self.records = _consistent(name, records, warn)
         self.provider = provider
         self.locator = locator
         self._lock = threading.Lock()
@@ -116,16 +120,31 @@ class ImportedCache:
         if record is None:
             return None
         if record.layer is not None:
-            self.locator.add(record.layer.digest, self.provider)
+            self.locator.add(record.layer.digest, self.provider, diff_id=record.layer.diff_id)
         return CacheHit(record, "remote")
 
     def invalidate(self, digest: str) -> bool:
-        """Forget every record whose layer is *digest* (a corrupt blob)."""
+        """Forget every record whose layer is *digest* (a corrupt or mislabelled blob)."""
         with self._lock:
             bad = [k for k, r in self.records.items() if r.layer and r.layer.digest == digest]
             for key in bad:
                 del self.records[key]
+        if bad:
+            self.locator.forget(digest, self.provider)
         return bool(bad)
+
+
+def _consistent(name: str, records: dict[str, StepRecord], warn: Callable[[str], None]
+                ) -> dict[str, StepRecord]:  # fmt: skip
+    diff_ids: dict[str, set[str]] = {}
+    for record in records.values():
+        if record.layer is not None:
+            diff_ids.setdefault(record.layer.digest, set()).add(record.layer.diff_id)
+    bad = {digest for digest, ids in diff_ids.items() if len(ids) > 1}
+    for digest in sorted(bad):
+        warn(f"cache {name} names blob {digest} as {len(diff_ids[digest])} different layers: "
+             "the steps it records are run instead")  # fmt: skip
+    return {k: r for k, r in records.items() if not (r.layer and r.layer.digest in bad)}
 
 
 ImportT = TypeVar("ImportT")

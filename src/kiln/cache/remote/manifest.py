@@ -139,6 +139,13 @@ def _read_records(
     blobs: dict[str, Layer] = {}
     for desc in layers:
         diff_id = desc.annotations.get(ANNOTATION_DIFF_ID, "")
-        if is_digest(diff_id):  # a layer without a valid diff ID is unusable, not trusted
-            blobs[desc.digest] = Layer(Descriptor(desc.media_type, desc.digest, desc.size), diff_id)
+        if not is_digest(diff_id):  # a layer without a valid diff ID is unusable, not trusted
+            continue
+        known = blobs.get(desc.digest)
+        if known is not None and known.diff_id != diff_id:
+            raise CacheFormatError(
+                f"{what} names blob {desc.digest} as two different layers "
+                f"({known.diff_id} and {diff_id}): it cannot be trusted"
+            )
+        blobs[desc.digest] = Layer(Descriptor(desc.media_type, desc.digest, desc.size), diff_id)
     return parse_config(parse_json(read_blob(configs[0]), f"cache config of {what}"), blobs)
