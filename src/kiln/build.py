@@ -40,7 +40,7 @@ from kiln.registry.dockerconfig import DockerConfig
 from kiln.snapshot.snapshots import SnapshotStore
 from kiln.solver.cache_export import ExportSelection
 from kiln.solver.solver import Solver
-from kiln.solver.types import BuildResult, Progress, SolveOptions
+from kiln.solver.types import BuildResult, Progress, SolveOptions, StepReport
 from kiln.source.context import open_context
 from kiln.source.http import UrlFetcher
 from kiln.source.image import RegistryResolver
@@ -136,9 +136,10 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
             source_date_epoch=options.source_date_epoch,
             secrets=options.secrets,
         )
+        ran: dict[str, StepReport] = {}  # steps run by earlier passes, reported as run
         while True:  # each pass forgets at least one corrupt cached blob, so this ends
             solver = Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
-                            progress, solve_options, remote)  # fmt: skip
+                            progress, solve_options, remote, ran)  # fmt: skip
             try:
                 result = solver.solve(plan)
                 selection = ExportSelection(result, solver.lookup)
@@ -155,6 +156,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 # and solve again (the step runs)
                 if not caches.invalidate(exc.digest):
                     raise
+                ran.update(solver.ran())
                 blobs.remove(exc.digest)
                 progress.message(f"WARNING: {exc.what}; running its step instead")
     outcome = BuildOutcome(result, art, pushed, stats)

@@ -37,6 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--progress", default="auto", choices=["auto", "plain", "tty", "rawjson", "quiet"]
     )
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no build output; print the image ID when done (as buildx)")  # fmt: skip
     p.add_argument("--network", default="default", choices=["default", "host", "none"])
     p.add_argument("--metadata-file", type=Path, help="write build metadata (JSON) here")
     p.add_argument("--platform", help="target platform (the host's only)")
@@ -155,11 +157,15 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    if args.quiet:
+        args.progress = "quiet"
     progress = make_progress(args.progress)
     live = progress if isinstance(progress, RichProgress) else contextlib.nullcontext()
     with live:
         outcome = run_build(options, progress)
-    if args.progress == "quiet":
+    if args.quiet:  # buildx --quiet: the image ID (its config digest)
+        print(outcome.artifacts.config_desc.digest)
+    elif args.progress == "quiet":
         print(outcome.artifacts.digest)
     else:
         ran = sum(1 for r in outcome.result.reports if r.cached is False)

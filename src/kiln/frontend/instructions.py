@@ -257,9 +257,10 @@ def _onbuild(p: Planning, st: StageState, ins: Instruction) -> None:
 
 
 def _workdir(p: Planning, st: StageState, ins: Instruction) -> None:
-    path = p.workdir_join(st, _single(p, st, ins)).rstrip("/") or "/"
-    st.config.workdir = path
-    _step(st, ins, MkdirOp(path=path, user=st.config.user), f"WORKDIR {path}")
+    written = p.workdir_join(st, _single(p, st, ins))  # a trailing / is kept, as BuildKit
+    path = written.rstrip("/") or "/"
+    st.config.workdir = written
+    _step(st, ins, MkdirOp(path=path, user=st.config.user), f"WORKDIR {written}")
 
 
 def _run(p: Planning, st: StageState, ins: Instruction) -> None:

@@ -12,6 +12,7 @@ from kiln.oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     INDEX_TYPES,
+    LAYER_TYPES,
     MANIFEST_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -173,6 +174,13 @@ def image_parts(manifest: Manifest, ref: Reference) -> tuple[Descriptor, list[De
         layers = [Descriptor.from_json(layer) for layer in data.get("layers") or []]
     except (KeyError, TypeError, ValueError) as exc:
         raise RegistryError(f"the manifest of {ref} is malformed", why=str(exc)) from exc
+    for layer in layers:
+        if layer.media_type not in LAYER_TYPES:
+            raise RegistryError(
+                f"image {ref} has a layer of an unknown media type {layer.media_type!r}",
+                why=f"layer {layer.digest}",
+                hint="kiln reads OCI and Docker layers (tar, tar+gzip, tar+zstd)",
+            )
     return config, layers
 
 

@@ -15,6 +15,7 @@ from kiln.errors import RuntimeFailure
 # kernel features that would make the upper dir a non-self-contained diff
 _OPTIONS = "index=off,redirect_dir=off,metacopy=off"
 _PAGE = 4096
+EMPTY = ("empty", "empty2")  # empty directories under the snapshot root, for padding
 
 
 def mount_overlay(
@@ -30,9 +31,9 @@ def mount_overlay(
     Without *upper* the mount is read-only.
     """
     names = list(lowers)
-    # overlay needs two lowers when there is no upper dir, one otherwise
-    while len(names) < (1 if upper else 2):
-        names.append("empty")
+    # overlay needs two lowers when there is no upper dir, one otherwise (distinct ones:
+    # a repeated lowerdir is refused)
+    names += EMPTY[: max(0, (1 if upper else 2) - len(names))]
     options = f"lowerdir={':'.join(names)}"
     if upper is not None:
         assert work is not None
@@ -51,7 +52,8 @@ def mount_overlay(
         raise RuntimeFailure(
             f"cannot mount overlayfs at {target}",
             why=proc.stderr.strip(),
-            hint="kiln needs root and a kernel with overlayfs",
+            hint="kiln needs root and a kernel with overlayfs; the kernel log (dmesg) says "
+            "why overlayfs refused the mount",
         )
 
 

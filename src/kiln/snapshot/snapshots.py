@@ -19,7 +19,7 @@ from pathlib import Path
 from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError
 from kiln.oci import Layer, compression_of, digest_hex
-from kiln.snapshot.overlay import mount_overlay, unmount
+from kiln.snapshot.overlay import EMPTY, mount_overlay, unmount
 from kiln.snapshot.unpack import unpack_layer
 from kiln.state import KilnRoot
 
@@ -36,7 +36,8 @@ class SnapshotStore:
         self.root = root.snapshots
         self.blobs = blobs
         (self.root / "l").mkdir(parents=True, exist_ok=True)
-        (self.root / "empty").mkdir(exist_ok=True)
+        for name in EMPTY:
+            (self.root / name).mkdir(exist_ok=True)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -113,14 +114,20 @@ class SnapshotStore:
 
     def lowers(self, chain: Sequence[Layer], fetch: BlobFetcher) -> list[str]:
         """Overlay lowerdir names for *chain* (bottom layer first), top-most first; missing
-        layers are fetched and unpacked in parallel."""
-        missing = [layer for layer in chain if not self.exists(layer.diff_id)]
+        layers are fetched and unpacked in parallel.
+
+        A layer that occurs more than once (two steps that made byte-identical layers, an
+        image whose manifest repeats one) is listed once, at its top-most place: overlayfs
+        refuses a repeated lowerdir, and the lower copy cannot show through the upper one,
+        which holds the same entries (whiteouts and opaque markers included)."""
+        missing = {layer.diff_id: layer for layer in chain if not self.exists(layer.diff_id)}
         if len(missing) > 1:
             with ThreadPoolExecutor(max_workers=min(4, len(missing))) as pool:
-                list(pool.map(lambda layer: self.ensure(layer, fetch), missing))
+                list(pool.map(lambda layer: self.ensure(layer, fetch), missing.values()))
         for layer in chain:
             self.ensure(layer, fetch)
-        return [self.link_name(layer.diff_id) for layer in reversed(chain)]
+        names = [self.link_name(layer.diff_id) for layer in reversed(chain)]
+        return list(dict.fromkeys(names))  # the first (top-most) place of each
 
     @contextlib.contextmanager
     def mounted(

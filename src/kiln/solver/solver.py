@@ -13,7 +13,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kiln.cache.records import CacheHit, CacheLookup, StepRecord
@@ -54,7 +54,11 @@ class Solver:
         progress: Progress,
         options: SolveOptions,
         remote: Sequence[CacheLookup] = (),
+        ran_before: Mapping[str, StepReport] | None = None,
     ) -> None:
+        """*ran_before*: steps that ran in an earlier pass of this build (one that a
+        corrupt cached blob ended), by key: reported as run, not as local hits."""
+        self.ran_before = dict(ran_before or {})
         self.root = root
         self.blobs = blobs
         self.locator = locator
@@ -154,9 +158,13 @@ class Solver:
     ) -> StepRecord:
         if hit is not None:
             self.progress.step_cached(step, hit.source)
-            self._report(
-                StepReport(step, key, hit.source, 0.0, hit.record.layer, hit.record.created)
-            )
+            earlier = self.ran_before.get(key) if hit.source == "local" else None
+            if earlier is not None and earlier.layer == hit.record.layer:
+                self._report(earlier)  # it ran in this build, in the pass before this one
+            else:
+                self._report(
+                    StepReport(step, key, hit.source, 0.0, hit.record.layer, hit.record.created)
+                )
             return hit.record
         for dep in step.depends_on():
             self._stage_result(dep)  # wait for what this step reads before it starts
@@ -186,6 +194,11 @@ class Solver:
             layer = report.layer
             if report.cached == "remote" and (layer is None or self.blobs.has(layer.digest)):
                 self.local.put(report.key, StepRecord(layer, report.created))
+
+    def ran(self) -> dict[str, StepReport]:
+        """The steps this solver ran so far, by key (also after a failed solve)."""
+        with self._lock:
+            return {r.key: r for r in self._reports if r.cached is False}
 
     def _report(self, report: StepReport) -> None:
         with self._lock:

@@ -279,3 +279,13 @@ def test_zstd_layers(kiln, busybox_image, registry, tmp_path: Path):
         *(layer["mediaType"] for layer in json.loads(base)["layers"]),
         "application/vnd.oci.image.layer.v1.tar+zstd",
     ]
+
+
+def test_quiet_prints_only_the_image_id(kiln, busybox_image, tmp_path: Path):
+    """``-q`` as buildx's ``--quiet``: no progress, the image ID (config digest) on stdout."""
+    ctx = make_context(tmp_path / "ctx", "ARG BASE\nFROM ${BASE}\nRUN echo q > /q\n")
+    tarball = tmp_path / "image.tar"
+    run = kiln("build", "-q", "--build-arg", f"BASE={busybox_image}",
+               "-o", f"type=oci,dest={tarball}", ctx).check()  # fmt: skip
+    assert run.stderr == ""
+    assert run.stdout == run.metadata["containerimage.config.digest"] + "\n"

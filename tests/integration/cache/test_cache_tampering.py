@@ -224,3 +224,31 @@ def test_a_corrupt_blob_in_a_local_cache_is_repaired_by_the_next_export(
     assert layer.read_bytes() == good  # written again by the export (SOURCE_DATE_EPOCH: same bytes)
     third = kiln("build", *base, *flags, ctx, root=tmp_path / "c", env=env).check()
     assert third.ran == [] and len(third.cached) == 3
+
+
+def test_steps_run_before_a_restart_are_reported_as_run(kiln, busybox_image, tmp_path: Path):
+    """A corrupt cached blob found mid-build restarts the solve; what ran before the restart
+    is reported as run (with its time), not as a local cache hit."""
+    ctx = make_context(
+        tmp_path / "ctx",
+        "ARG BASE\nFROM ${BASE} AS a\nARG V\nRUN echo $V > /v\n"
+        "FROM ${BASE}\nRUN echo b > /b\nCOPY --from=a /v /v\n",
+    )
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    cache = Layout(tmp_path / "cache")
+    export = ["--cache-to", f"type=local,dest={cache.root},mode=max"]
+    kiln("build", *base, "--build-arg", "V=1", *export, ctx, root=tmp_path / "first").check()
+    for desc in cache.manifest()["layers"]:  # corrupt the layer of RUN echo b
+        if "b" in names_in(cache.blob(desc["digest"])):
+            corrupt(cache.root / "blobs" / "sha256" / desc["digest"][7:])
+    out = tmp_path / "out"
+    run = kiln("build", *base, "--build-arg", "V=2", "--cache-from",
+               f"type=local,src={cache.root}", "-o", f"type=local,dest={out}", ctx,
+               root=tmp_path / "fresh").check()  # fmt: skip
+    assert "running its step instead" in run.stderr
+    steps = {s["step"].split(" ", 2)[2]: s for s in run.metadata["steps"]}
+    assert {text: s["cached"] for text, s in steps.items()} == {
+        "RUN echo $V > /v": False, "RUN echo b > /b": False, "COPY --from=a /v /v": False,
+    }  # fmt: skip
+    assert steps["RUN echo $V > /v"]["seconds"] > 0
+    assert (out / "v").read_text() == "2\n" and (out / "b").read_text() == "b\n"

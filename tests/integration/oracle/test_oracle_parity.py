@@ -551,6 +551,7 @@ FROM ${{BASE}} AS base
 RUN echo "app:x:1234:2345::/home/app:/bin/sh" >> /etc/passwd && echo "grp:x:2345:" >> /etc/group
 
 FROM base AS entry-only
+WORKDIR /entry/
 STOPSIGNAL 9
 HEALTHCHECK NONE
 ENTRYPOINT echo entry "$HOME"

@@ -109,3 +109,15 @@ def test_unusable_records_are_skipped_not_trusted():
     assert parse_config(raw) == {}
     with pytest.raises(CacheFormatError, match="x is not a JSON object"):
         parse_json(b"[1, 2]", "x")
+
+
+def test_a_cache_layer_of_an_unknown_media_type_makes_the_cache_unreadable():
+    for image_manifest in (True, False):
+        cache = build_manifest(chain(), image_manifest=image_manifest)
+        raw = json.loads(cache.manifest)
+        key = "layers" if image_manifest else "manifests"
+        victim = next(d for d in raw[key] if d["mediaType"].endswith("tar+gzip"))
+        victim["mediaType"] = "text/plain"
+        blobs = {cache.config_desc.digest: cache.config}
+        with pytest.raises(CacheFormatError, match="unknown media type 'text/plain'"):
+            read_records(raw, cache.media_type, lambda d, b=blobs: b[d.digest], "test")

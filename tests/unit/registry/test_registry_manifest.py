@@ -107,3 +107,13 @@ def test_image_parts() -> None:
                              sha256_digest(b"{}")), REF)  # fmt: skip
     with pytest.raises(RegistryError, match="malformed"):
         image_parts(Manifest(b"{}", OCI_MANIFEST, sha256_digest(b"{}")), REF)
+
+
+def test_a_layer_of_an_unknown_media_type_is_refused() -> None:
+    cfg = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(9),
+           "size": 3}  # fmt: skip
+    layer = {"mediaType": "text/plain", "digest": _digest(8), "size": 5}
+    raw = json.dumps({"schemaVersion": 2, "config": cfg, "layers": [layer]}).encode()
+    with pytest.raises(RegistryError, match="unknown media type 'text/plain'") as info:
+        image_parts(Manifest(raw, OCI_MANIFEST, sha256_digest(raw)), REF)
+    assert info.value.why == f"layer {_digest(8)}" and info.value.hint

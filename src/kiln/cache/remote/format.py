@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kiln.cache.records import CacheEntry, StepRecord
-from kiln.oci import Descriptor, Layer, is_digest
+from kiln.oci import LAYER_TYPES, Descriptor, Layer, is_digest
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
 INLINE_CONFIG_KEY = "moby.buildkit.cache.v0"
@@ -192,6 +192,8 @@ def _layer(item: Any, blobs: Mapping[str, Layer] | None) -> Layer | None:
     media = str(notes.get("mediaType", ""))
     if size < 0 or not media:
         return None
+    if media not in LAYER_TYPES:
+        raise CacheFormatError(f"a layer has an unknown media type {media!r}")
     return Layer(Descriptor(media, digest, size), diff_id)
 
 

@@ -27,6 +27,7 @@ from kiln.errors import CacheError
 from kiln.oci import (
     DOCKER_MANIFEST_LIST,
     INDEX_TYPES,
+    LAYER_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -138,6 +139,10 @@ def _read_records(
         raise CacheFormatError(f"{what} is not a cache manifest")
     blobs: dict[str, Layer] = {}
     for desc in layers:
+        if desc.media_type not in LAYER_TYPES:
+            raise CacheFormatError(
+                f"{what} names a layer of an unknown media type {desc.media_type!r}"
+            )
         diff_id = desc.annotations.get(ANNOTATION_DIFF_ID, "")
         if not is_digest(diff_id):  # a layer without a valid diff ID is unusable, not trusted
             continue
