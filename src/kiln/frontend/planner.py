@@ -133,9 +133,12 @@ class Planner:
         return None
 
     def stage_source(self, name: str, before: int, line: int) -> int | ImageBase:
-        """``--from=`` resolution: an earlier stage (planned now), else an image."""
-        idx = self.stage_by_name(name, before)
+        """``--from=`` resolution, as BuildKit: a stage of the whole file (earlier or later,
+        planned now; the stage itself or a cycle is an error), else an image."""
+        idx = self.stage_by_name(name, len(self.parsed.stages))
         if idx is not None:
+            if idx == before:
+                raise self.error(f"circular dependency detected on stage: {name}", line)
             self._plan_stage(idx)
             return idx
         if name.isdigit():
@@ -198,7 +201,9 @@ class Planner:
         if index in self.stages:
             return self.stages[index]
         if index in self._planning:
-            raise self.error("circular dependency between stages", self.parsed.stages[index].line)
+            raw = self.parsed.stages[index]
+            shown = raw.name or str(index)
+            raise self.error(f"circular dependency detected on stage: {shown}", raw.line)
         self._planning.add(index)
         raw = self.parsed.stages[index]
         base, config = self._base(raw)

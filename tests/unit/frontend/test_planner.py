@@ -195,3 +195,31 @@ def test_automatic_platform_args_and_meta_args_on_one_line(tmp_path: Path):
     env = p.target_stage.config.env_map()
     assert env["ARCH"] == "amd64"
     assert env["B"] == "1x"
+
+
+@pytest.mark.parametrize(
+    ("text", "stage", "line"),
+    [
+        ("FROM scratch AS s\nCOPY --from=s /a /a\n", "s", 2),  # the stage itself
+        ("FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nCOPY --from=a /y /y\n",
+         "b", 3),  # b (the target) → a → b
+        ("FROM scratch AS s\nRUN --mount=type=bind,from=s,target=/m true\n", "s", 2),
+    ],
+)  # fmt: skip
+def test_a_stage_reading_itself_or_a_cycle_is_an_error(tmp_path, text, stage, line):
+    resolver = FakeResolver()
+    with pytest.raises(DockerfileError, match=f"circular dependency detected on stage: {stage}"
+                       ) as info:  # fmt: skip
+        plan(tmp_path, text, resolver=resolver)
+    assert info.value.line == line
+    assert resolver.asked == []  # never taken for an image on Docker Hub
+
+
+def test_copy_from_a_later_stage_is_that_stage(tmp_path):
+    text = "FROM scratch AS first\nCOPY --from=later /x /x\nFROM scratch AS later\nCOPY x /x\n"
+    (tmp_path / "x").write_text("x")
+    resolver = FakeResolver()
+    p = plan(tmp_path, text, target="first", resolver=resolver)
+    assert isinstance(p.stages[0].steps[0].op, CopyOp)
+    assert p.stages[0].steps[0].op.source == StageSource(1)
+    assert sorted(p.stages) == [0, 1] and resolver.asked == []
