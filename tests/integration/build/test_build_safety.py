@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,20 @@ RUN --mount=type=secret,id=fromenv cat /run/secrets/fromenv > /dev/null && echo 
     assert (out / "file-ok").read_text() == "ok\n"
     assert (out / "seen").read_text() == "seeded\n"
     assert (out / "env-ok").read_text() == "ok\n"
+
+
+def test_local_output_leaves_device_nodes_out_unless_asked(kiln, busybox_image, tmp_path: Path):
+    ctx = make_context(
+        tmp_path / "ctx",
+        "ARG BASE\nFROM ${BASE}\nRUN mknod /null-dev c 1 3 && mknod /blk b 7 0 "
+        "&& mkfifo /fifo && echo x > /file && chmod 4755 /file\n",
+    )
+    base = ["--build-arg", f"BASE={busybox_image}"]
+    plain, asked = tmp_path / "plain", tmp_path / "asked"
+    kiln("build", *base, "-o", f"type=local,dest={plain}", ctx).check()
+    kiln("build", *base, "-o", f"type=local,dest={asked},devices=true", ctx).check()
+    assert not (plain / "null-dev").exists() and not (plain / "blk").exists()
+    assert stat.S_ISFIFO((plain / "fifo").lstat().st_mode)
+    assert (plain / "file").stat().st_mode & 0o7777 == 0o4755  # as the image has it
+    assert stat.S_ISCHR((asked / "null-dev").lstat().st_mode)
+    assert stat.S_ISBLK((asked / "blk").lstat().st_mode)
