@@ -19,11 +19,16 @@ CacheSource = Literal["local", "remote"]
 class StepRecord:
     layer: Layer | None
     created: str
+    # for a step that reads other stages: the digest of what it read (see
+    # kiln.solver.keys), so its content key is known without building those stages
+    inputs: str | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"created": self.created}
         if self.layer is not None:
             out["layer"] = {**self.layer.blob.to_json(), "diffID": self.layer.diff_id}
+        if self.inputs is not None:
+            out["inputs"] = self.inputs
         return out
 
     @classmethod
@@ -41,7 +46,10 @@ class StepRecord:
             if not is_digest(desc.digest) or not is_digest(diff_id):
                 raise ValueError("bad digest")
             layer = Layer(desc, diff_id)
-        return cls(layer, created)
+        inputs = raw.get("inputs")
+        if inputs is not None and not (isinstance(inputs, str) and is_digest(inputs)):
+            raise ValueError("inputs is not a digest")
+        return cls(layer, created, inputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +72,4 @@ class CacheEntry:
     parent: str | None
     layer: Layer | None
     created: str
+    inputs: str | None = None  # see StepRecord.inputs

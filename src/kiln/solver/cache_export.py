@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kiln.cache.records import CacheEntry, CacheHit
+from kiln.cache.records import CacheEntry, CacheHit, StepRecord
 from kiln.frontend.base import StageBase
-from kiln.oci import Layer
+from kiln.solver.keys import content_step_key
 from kiln.solver.types import BuildResult
 
 Lookup = Callable[[str], CacheHit | None]
@@ -34,6 +34,8 @@ class ExportSelection:
 
 
 def select_entries(result: BuildResult, lookup: Lookup, mode: str) -> list[CacheEntry]:
+    """The entries of *mode*: each step under its plan key and, where it differs, its
+    content key (each chained to the key before it in the same chain)."""
     plan = result.plan
     if mode == "max":
         stages = plan.needed_order()
@@ -44,23 +46,43 @@ def select_entries(result: BuildResult, lookup: Lookup, mode: str) -> list[Cache
             stages.append(index)
             base = plan.stages[index].base
             index = base.stage if isinstance(base, StageBase) else None
+        stages.reverse()  # bases first: a stage's content chain starts from its base's
     entries: list[CacheEntry] = []
+    content_finals: dict[int, str] = {}
     for index in stages:
-        keys = result.keys[index]
-        solved = result.stages.get(index)
-        known: dict[str, tuple[Layer | None, str]] = {}
-        if solved is not None:
-            times = {r.key: r.created for r in result.reports if r.step.stage == index}
-            for key, layer in solved.step_results:
-                known[key] = (layer, times.get(key, ""))
-        parent = keys.base
-        for key in keys.steps:
-            if key not in known:
-                hit = lookup(key)
-                if hit is not None:
-                    known[key] = (hit.record.layer, hit.record.created)
-            if key in known:
-                layer, created = known[key]
-                entries.append(CacheEntry(key, parent, layer, created))
-            parent = key
+        entries += _stage_entries(result, index, lookup, content_finals)
+    return entries
+
+
+def _stage_entries(result: BuildResult, index: int, lookup: Lookup,
+                   content_finals: dict[int, str]) -> list[CacheEntry]:  # fmt: skip
+    stage = result.plan.stages[index]
+    keys = result.keys[index]
+    solved = result.stages.get(index)
+    known: dict[str, StepRecord] = {}
+    if solved is not None:
+        for step_result in solved.step_results:
+            known[step_result.key] = step_result.record
+    base = stage.base
+    content_parent = keys.base
+    if isinstance(base, StageBase):
+        content_parent = content_finals.get(base.stage, result.keys[base.stage].final)
+    entries: list[CacheEntry] = []
+    parent = keys.base
+    for step, key in zip(stage.steps, keys.steps, strict=True):
+        record = known.get(key)
+        if record is None:
+            hit = lookup(key)
+            record = hit.record if hit is not None else None
+        if record is None:  # not cached anywhere: neither it nor what follows is known
+            content_parent = parent = key
+            continue
+        content_key = content_step_key(content_parent, step.op, key, result.keys,
+                                       result.source_date_epoch, record.inputs)  # fmt: skip
+        entries.append(CacheEntry(key, parent, record.layer, record.created, record.inputs))
+        if content_key != key:
+            entries.append(CacheEntry(content_key, content_parent, record.layer, record.created,
+                                      record.inputs))  # fmt: skip
+        parent, content_parent = key, content_key
+    content_finals[index] = content_parent
     return entries

@@ -1,9 +1,19 @@
 """Cache keys: a digest of everything that affects a step's filesystem result.
 
 A key is ``sha256`` of the canonical JSON of a structure whose every field is an input of
-the step; anything not listed here must not change what the step produces. Keys are
-computed from the plan alone: no step runs and no layer is downloaded to compute them.
-A ``COPY --from=<stage>`` is keyed by that stage's final key, not by its files.
+the step; anything not listed here must not change what the step produces.
+
+Two keys per step, as BuildKit has:
+
+- the **plan key**, from the plan alone (no step runs and no layer is downloaded to
+  compute it): a ``COPY --from=<stage>`` or a ``RUN --mount=type=bind,from=<stage>`` is
+  keyed by that stage's final key. It is the fast lookup.
+- the **content key** (:func:`step_key` with *inputs*): the same step keyed by the
+  *content* of what it reads from other stages (a digest of the selected paths, owners
+  included, mtimes not — BuildKit's content checksum), chained from the content key of
+  the step before. A stage that reruns but produces the same files leaves the content
+  keys of everything that reads it unchanged, so those steps still hit. Until a stage
+  read happens the two chains are the same.
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ class StageKeys:
 
 
 def compute_keys(plan: BuildPlan, source_date_epoch: int | None = None) -> dict[int, StageKeys]:
-    """Keys of every step of every planned stage (dependencies first)."""
+    """Plan keys of every step of every planned stage (dependencies first)."""
     keys: dict[int, StageKeys] = {}
     for index in plan.needed_order():
         stage = plan.stages[index]
@@ -61,17 +71,45 @@ def compute_keys(plan: BuildPlan, source_date_epoch: int | None = None) -> dict[
         base = parent
         steps = []
         for step in stage.steps:
-            fields = {
-                "v": KEY_VERSION,
-                "parent": parent,  # the filesystem the step starts from
-                "op": op_fields(step.op, keys),  # what the step does, fully expanded
-            }
-            if source_date_epoch is not None:
-                fields["epoch"] = source_date_epoch  # clamps the layer's file times
-            parent = digest_of(fields)
+            parent = step_key(parent, step.op, keys, source_date_epoch)
             steps.append(parent)
         keys[index] = StageKeys(base, tuple(steps))
     return keys
+
+
+def step_key(parent: str, op: Op, keys: dict[int, StageKeys], source_date_epoch: int | None,
+             inputs: str | None = None) -> str:  # fmt: skip
+    """The key of *op* run on *parent*: its plan key, or with *inputs* (the digest of the
+    content it reads from other stages, see :func:`reads_stages`) its content key."""
+    fields: dict[str, Any] = {
+        "v": KEY_VERSION,
+        "parent": parent,  # the filesystem the step starts from
+        "op": op_fields(op, keys, inputs),  # what the step does, fully expanded
+    }
+    if source_date_epoch is not None:
+        fields["epoch"] = source_date_epoch  # clamps the layer's file times
+    return digest_of(fields)
+
+
+def content_step_key(parent: str, op: Op, plan_key: str, keys: dict[int, StageKeys],
+                     source_date_epoch: int | None, inputs: str | None) -> str:  # fmt: skip
+    """The content key of a step, *parent* being the content key before it. A step that
+    reads other stages needs *inputs*; without them (a record from before content keys)
+    the chain follows the plan key from here on."""
+    if reads_stages(op):
+        if inputs is None:
+            return plan_key
+        return step_key(parent, op, keys, source_date_epoch, inputs)
+    return step_key(parent, op, keys, source_date_epoch)
+
+
+def reads_stages(op: Op) -> bool:
+    """Whether *op* reads the filesystem of another stage (then it has a content key)."""
+    if isinstance(op, CopyOp):
+        return isinstance(op.source, StageSource)
+    if isinstance(op, ExecOp):
+        return any(isinstance(m, BindMount) and m.from_stage is not None for m in op.mounts)
+    return False
 
 
 def base_key(base: Base, keys: dict[int, StageKeys]) -> str:
@@ -83,22 +121,30 @@ def base_key(base: Base, keys: dict[int, StageKeys]) -> str:
     return digest_of({"v": KEY_VERSION, "base": "image", "manifest": base.manifest_digest})
 
 
-def op_fields(op: Op, keys: dict[int, StageKeys]) -> dict[str, Any]:
+def op_fields(op: Op, keys: dict[int, StageKeys], inputs: str | None = None) -> dict[str, Any]:
+    """The fields of *op*'s key; with *inputs*, what it reads from other stages is the
+    content digest *inputs* instead of those stages' keys."""
     if isinstance(op, ExecOp):
-        return {
+        fields: dict[str, Any] = {
             "type": "exec",
             "args": list(op.args),  # the command line
             "env": list(op.env),  # environment incl. ARG values (not proxy args, as BuildKit)
             "user": op.user,  # resolved through the image's passwd at run time
             "workdir": op.workdir,
             "network": op.network,  # none vs host can change what a step produces
-            "mounts": [_mount_fields(m, keys) for m in op.mounts],
+            "mounts": [_mount_fields(m, keys, inputs is not None) for m in op.mounts],
             "files": [list(f) for f in op.files],  # heredoc scripts
         }
+        if inputs is not None:
+            fields["stage-content"] = inputs  # what the bind mounts from stages hold
+        return fields
     if isinstance(op, CopyOp):
+        source = _source_fields(op.source, keys)
+        if inputs is not None and isinstance(op.source, StageSource):
+            source = {"stage-content": inputs}  # the selected files, not the stage's key
         return {
             "type": "add" if op.add else "copy",  # ADD extracts archives
-            "source": _source_fields(op.source, keys),
+            "source": source,
             "srcs": list(op.srcs),
             "dest": op.dest,
             "chown": op.chown,
@@ -122,7 +168,7 @@ def _source_fields(source: CopySource, keys: dict[int, StageKeys]) -> dict[str, 
     return {"url": source.url, "content": source.digest}
 
 
-def _mount_fields(mount: Mount, keys: dict[int, StageKeys]) -> dict[str, Any]:
+def _mount_fields(mount: Mount, keys: dict[int, StageKeys], by_content: bool) -> dict[str, Any]:
     if isinstance(mount, CacheMount):
         # The content of a cache mount is deliberately not part of the key (as BuildKit).
         return {
@@ -139,7 +185,8 @@ def _mount_fields(mount: Mount, keys: dict[int, StageKeys]) -> dict[str, Any]:
         }
     if isinstance(mount, BindMount):
         if mount.from_stage is not None:
-            origin = {"stage": keys[mount.from_stage].final}
+            # by content: the op's "stage-content" digest covers what is bound
+            origin = {"stage": "content" if by_content else keys[mount.from_stage].final}
         elif mount.from_image is not None:
             origin = {"image": mount.from_image.manifest_digest}
         else:

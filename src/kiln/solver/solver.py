@@ -25,7 +25,7 @@ from kiln.frontend.base import BuildPlan, ScratchBase, StageBase, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
-from kiln.solver.keys import StageKeys, compute_keys
+from kiln.solver.keys import StageKeys, compute_keys, content_step_key, reads_stages
 from kiln.solver.steps import StepRunner
 from kiln.solver.types import (
     BuildResult,
@@ -33,6 +33,7 @@ from kiln.solver.types import (
     SolveOptions,
     StageResult,
     StepReport,
+    StepResult,
 )
 from kiln.source.context import BuildContext
 from kiln.source.image import ImageBase
@@ -92,7 +93,8 @@ class Solver:
         order = {idx: n for n, idx in enumerate(needed)}
         reports = sorted(self._reports, key=lambda r: (order.get(r.step.stage, 0), r.step.number))
         self._keep_fetched_hits(reports)
-        return BuildResult(plan, target, stages, reports, self.keys)
+        return BuildResult(plan, target, stages, reports, self.keys,
+                           self.options.source_date_epoch)  # fmt: skip
 
     # ------------------------------------------------------------------ stages
     def _stage_future(self, index: int) -> Future[StageResult]:
@@ -125,9 +127,11 @@ class Solver:
         assert stage.config is not None
         config = stage.config.clone()
         base = stage.base
+        content_parent = keys.base  # the content key of the filesystem so far
         if isinstance(base, StageBase):
             parent = self._stage_result(base.stage)
             chain = list(parent.layers)
+            content_parent = parent.final_content_key
             inherited = parent.config.history
             config.history[: len(inherited)] = copy.deepcopy(inherited)
         elif isinstance(base, ImageBase):
@@ -135,37 +139,56 @@ class Solver:
         else:
             assert isinstance(base, ScratchBase)
             chain = []
-        hits = [self.lookup(k) for k in keys.steps]
+        hits = [self.lookup(k) for k in keys.steps]  # plan keys first: no build needed
         first_miss = next((i for i, h in enumerate(hits) if h is None), len(hits))
         for step in stage.steps[first_miss:]:
             for dep in step.depends_on():
                 self._stage_future(dep)  # start what the missing steps will read, in parallel
-        step_results: list[tuple[str, Layer | None]] = []
+        step_results: list[StepResult] = []
         for step, key, hit in zip(stage.steps, keys.steps, hits, strict=True):
-            record = self._run_or_reuse(step, key, hit, chain)
+            content_key, inputs, hit = self._by_content(step, key, hit, content_parent)
+            record = self._run_or_reuse(step, key, content_key, inputs, hit, chain)
             if record.layer is not None:
                 chain.append(record.layer)
             history = config.history[step.history_index]
             history.empty_layer = record.layer is None
             history.created = record.created or None
-            step_results.append((key, record.layer))
+            step_results.append(StepResult(key, content_key, record))
+            content_parent = content_key
         _fill_history_times(config, self._build_time)
         config.diff_ids = [layer.diff_id for layer in chain]
-        return StageResult(index, keys.final, chain, config, step_results)
+        return StageResult(index, keys.final, chain, config, step_results, content_parent)
 
-    def _run_or_reuse(
-        self, step: Step, key: str, hit: CacheHit | None, chain: list[Layer]
-    ) -> StepRecord:
+    def _by_content(self, step: Step, key: str, hit: CacheHit | None, parent: str
+                    ) -> tuple[str, str | None, CacheHit | None]:  # fmt: skip
+        """The step's content key, what it read from other stages (if it does) and its
+        hit: when the plan key missed, the content key may still hit (a stage that
+        reran but made the same files). Only then are the stages it reads built."""
+        inputs = hit.record.inputs if hit is not None else None
+        if hit is None and reads_stages(step.op):
+            for dep in step.depends_on():
+                self._stage_result(dep)
+            inputs = self.runner.input_digest(step)
+        epoch = self.options.source_date_epoch
+        content_key = content_step_key(parent, step.op, key, self.keys, epoch, inputs)
+        if hit is None and content_key != key:
+            hit = self.lookup(content_key)
+        return content_key, inputs, hit
+
+    def _run_or_reuse(self, step: Step, key: str, content_key: str, inputs: str | None,
+                      hit: CacheHit | None, chain: list[Layer]) -> StepRecord:  # fmt: skip
         if hit is not None:
             self.progress.step_cached(step, hit.source)
+            record = StepRecord(hit.record.layer, hit.record.created, inputs)
             earlier = self.ran_before.get(key) if hit.source == "local" else None
             if earlier is not None and earlier.layer == hit.record.layer:
                 self._report(earlier)  # it ran in this build, in the pass before this one
             else:
-                self._report(
-                    StepReport(step, key, hit.source, 0.0, hit.record.layer, hit.record.created)
-                )
-            return hit.record
+                self._report(StepReport(step, key, hit.source, 0.0, record.layer,
+                                        record.created, content_key, inputs))  # fmt: skip
+            if hit.source == "local":
+                self._store(key, content_key, record)  # both keys find it next time
+            return record
         for dep in step.depends_on():
             self._stage_result(dep)  # wait for what this step reads before it starts
         if self.runner.executor.cancelled:
@@ -182,18 +205,24 @@ class Solver:
             where = f"[{step.stage_name} {step.number}/{step.total}] {step.text}"
             raise exc.prefixed(where) from exc
         seconds = time.monotonic() - started
-        record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch))
-        self.local.put(key, record)
+        record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch), inputs)
+        self._store(key, content_key, record)
         self.progress.step_done(step, seconds)
-        self._report(StepReport(step, key, False, seconds, layer, record.created))
+        self._report(StepReport(step, key, False, seconds, layer, record.created, content_key,
+                                inputs))  # fmt: skip
         return record
+
+    def _store(self, key: str, content_key: str, record: StepRecord) -> None:
+        self.local.put(key, record)
+        if content_key != key:
+            self.local.put(content_key, record)
 
     def _keep_fetched_hits(self, reports: list[StepReport]) -> None:
         """Remote hits whose blob is now on this machine become local cache entries."""
         for report in reports:
             layer = report.layer
             if report.cached == "remote" and (layer is None or self.blobs.has(layer.digest)):
-                self.local.put(report.key, StepRecord(layer, report.created))
+                self._store(report.key, report.content_key or report.key, report.record)
 
     def ran(self) -> dict[str, StepReport]:
         """The steps this solver ran so far, by key (also after a failed solve)."""

@@ -13,6 +13,7 @@ from kiln.differ.layer import write_layer
 from kiln.errors import KilnError
 from kiln.executor.base import Executor, OutputSink
 from kiln.frontend.base import (
+    BindMount,
     CopyOp,
     ExecOp,
     ImageSource,
@@ -22,12 +23,14 @@ from kiln.frontend.base import (
 )
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
+from kiln.solver.keys import digest_of
 from kiln.solver.ops import file as fileops
 from kiln.solver.ops.copy import run_copy
 from kiln.solver.ops.exec import run_exec
 from kiln.solver.ops.mounts import RunMounts
 from kiln.solver.types import SolveOptions, StageResult
 from kiln.source.context import BuildContext
+from kiln.source.dockerignore import IgnoreMatcher
 from kiln.source.image import ImageBase
 from kiln.state import KilnRoot
 
@@ -104,6 +107,26 @@ class StepRunner:
             raise KilnError(str(exc)) from exc
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def input_digest(self, step: Step) -> str:
+        """What *step* reads from other stages (built by now), as one digest: the selected
+        paths of a ``COPY --from=<stage>``, the bound paths of ``--mount=type=bind,from=``
+        (content, modes, owners and link targets; not times: BuildKit's content checksum)."""
+        op = step.op
+        parts: list[str] = []
+        if isinstance(op, CopyOp) and isinstance(op.source, StageSource):
+            with self._mounted_source(op.source.stage) as root:
+                source = BuildContext(root, IgnoreMatcher([]))
+                parts.append(source.digest(list(op.srcs), chown=op.chown, chmod=op.chmod,
+                                           owners=True))  # fmt: skip
+        elif isinstance(op, ExecOp):
+            for mount in op.mounts:
+                if isinstance(mount, BindMount) and mount.from_stage is not None:
+                    with self._mounted_source(mount.from_stage) as root:
+                        source = BuildContext(root, IgnoreMatcher([]))
+                        bound = [mount.source.lstrip("/") or "."]
+                        parts.append(source.digest(bound, chown=None, chmod=None, owners=True))
+        return digest_of({"stage-inputs": parts})
 
     @contextlib.contextmanager
     def _mounted_source(self, origin: ImageSource | int) -> Iterator[Path]:

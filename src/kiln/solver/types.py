@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from kiln.cache.records import CacheSource
+from kiln.cache.records import CacheSource, StepRecord
 from kiln.frontend.base import BuildPlan, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
@@ -24,21 +24,41 @@ class SolveOptions:
 @dataclass(frozen=True, slots=True)
 class StepReport:
     step: Step
-    key: str
+    key: str  # the plan key
     cached: CacheSource | Literal[False]
     seconds: float
     layer: Layer | None
     created: str
+    content_key: str = ""  # the content key (see kiln.solver.keys); "" when the same
+    inputs: str | None = None  # what the step read from other stages, when it does
+
+    @property
+    def record(self) -> StepRecord:
+        return StepRecord(self.layer, self.created, self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """A step of a solved stage, for cache export: both its keys and what it produced."""
+
+    key: str
+    content_key: str
+    record: StepRecord
 
 
 @dataclass
 class StageResult:
     index: int
-    key: str  # final key of the stage
+    key: str  # final plan key of the stage
     layers: list[Layer]  # the whole chain, base layers first
     config: ImageConfig  # diff IDs and history timestamps filled in
-    # (key, layer) of every step this stage ran or found cached, for cache export
-    step_results: list[tuple[str, Layer | None]] = field(default_factory=list)
+    # every step this stage ran or found cached, for cache export
+    step_results: list[StepResult] = field(default_factory=list)
+    content_key: str = ""  # final content key of the stage
+
+    @property
+    def final_content_key(self) -> str:
+        return self.content_key or self.key
 
 
 @dataclass
@@ -47,7 +67,8 @@ class BuildResult:
     target: StageResult
     stages: dict[int, StageResult]  # the stages that were solved
     reports: list[StepReport]
-    keys: dict[int, StageKeys]  # keys of every planned stage, solved or not
+    keys: dict[int, StageKeys]  # plan keys of every planned stage, solved or not
+    source_date_epoch: int | None = None  # part of every key
 
 
 class Progress(Protocol):

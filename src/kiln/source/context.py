@@ -366,14 +366,16 @@ class BuildContext:
 
     # ------------------------------------------------------------------ digesting
 
-    def digest(self, sources: Sequence[str], *, chown: str | None, chmod: str | None) -> str:
-        """``sha256:…`` over everything the sources select and how it will be copied."""
+    def digest(self, sources: Sequence[str], *, chown: str | None, chmod: str | None,
+               owners: bool = False) -> str:  # fmt: skip
+        """``sha256:…`` over everything the sources select and how it will be copied; with
+        *owners* (a stage's filesystem, whose owners a copy keeps) uid and gid too."""
         h = hashlib.sha256()
 
         def record(*fields: object) -> None:
             h.update(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
 
-        record("kiln.context.v1", chown, chmod)
+        record("kiln.context.v1", chown, chmod, *(["owners"] if owners else []))
         try:
             for source in sources:
                 matches = self._select_one(source)
@@ -381,12 +383,14 @@ class BuildContext:
                 for match in matches:
                     record("match", match.rel_path, match.is_dir)
                     for e, st in self._walk_with_stat(match):
+                        owner = [st.st_uid, st.st_gid] if owners else []
                         if e.kind == "file":
-                            record("f", e.rel, e.mode, e.size, self._hasher.sha256(e.abs_path, st))
+                            record("f", e.rel, e.mode, e.size, self._hasher.sha256(e.abs_path, st),
+                                   *owner)  # fmt: skip
                         elif e.kind == "symlink":
-                            record("l", e.rel, e.mode, e.link_target)
+                            record("l", e.rel, e.mode, e.link_target, *owner)
                         else:
-                            record("d", e.rel, e.mode)
+                            record("d", e.rel, e.mode, *owner)
         finally:
             self._hasher.flush()
         return "sha256:" + h.hexdigest()

@@ -24,6 +24,8 @@ INLINE_CONFIG_KEY = "moby.buildkit.cache.v0"
 ANNOTATION_DIFF_ID = "containerd.io/uncompressed"
 ANNOTATION_CREATED = "buildkit/createdat"
 MAX_CONFIG_SIZE = 16 << 20
+# a record's digest of what its step read from other stages (kiln.cache.records.StepRecord)
+INPUTS_KEY = "kiln.inputs"
 
 
 class CacheFormatError(ValueError):
@@ -102,6 +104,8 @@ def _records_json(
             if entry.created:
                 result["createdAt"] = entry.created
             record["layers"] = [result]
+        if entry.inputs is not None:
+            record[INPUTS_KEY] = entry.inputs  # kiln's own field: BuildKit ignores it
         records.append(record)
     return records
 
@@ -205,8 +209,11 @@ def _records(records_raw: list[Any], layers: Sequence[Layer | None]) -> dict[str
         results = item.get("layers") or []
         if not isinstance(results, list):
             continue
+        inputs = item.get(INPUTS_KEY)
+        if not (isinstance(inputs, str) and is_digest(inputs)):
+            inputs = None  # absent, or not something kiln wrote: the content key is unknown
         if not results:
-            out[str(item["digest"])] = StepRecord(None, "")
+            out[str(item["digest"])] = StepRecord(None, "", inputs)
             continue
         result = results[0]
         if not isinstance(result, dict):
@@ -220,5 +227,5 @@ def _records(records_raw: list[Any], layers: Sequence[Layer | None]) -> dict[str
         layer = layers[index]
         if layer is None:
             continue
-        out[str(item["digest"])] = StepRecord(layer, str(result.get("createdAt") or ""))
+        out[str(item["digest"])] = StepRecord(layer, str(result.get("createdAt") or ""), inputs)
     return out
