@@ -79,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         max_age=parse_duration(args.max_age, name="--max-age"),
         upload_timeout=parse_duration(args.upload_timeout, name="--upload-timeout"),
+        reservation_timeout=parse_duration(args.reservation_timeout, name="--reservation-timeout"),
         eviction_interval=parse_duration(args.eviction_interval, name="--eviction-interval"),
         public_url=args.public_url,
         anonymous_scope=args.anonymous_scope,
@@ -214,6 +215,11 @@ def register(sub: Any) -> None:
     serve.add_argument("--max-entry-size", help="one entry's cap (default: --max-size)")
     serve.add_argument("--max-age", default="7d", help="evict entries unused this long (7d)")
     serve.add_argument("--upload-timeout", default="1h", help="abandon idle uploads after (1h)")
+    serve.add_argument(
+        "--reservation-timeout",
+        default="2m",
+        help="a new save of a key takes over its upload once idle this long (2m)",
+    )
     serve.add_argument("--eviction-interval", default="5m", help="background sweep period (5m)")
     serve.add_argument("--secret-file", help="token/URL signing secret (default: ROOT/secret)")
     serve.add_argument("--public-url", help="base URL clients reach the server at")

@@ -5,14 +5,17 @@ restarted on the same root and checked from the outside."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import secrets
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from tests.fixtures.gha import GhaServer, ServerFactory, Wire
+from tests.fixtures.gha import GhaServer, NpmHarness, ServerFactory, Wire
 
 VERSION = "d" * 64
 
@@ -165,3 +168,64 @@ def test_kill_at_a_random_moment(gha_server_factory: ServerFactory, round_: int)
             expected = content(key, 200_000 + 997 * int(key.split("-")[1]))
             assert got == expected, f"{key} is visible but not intact"
     client.close()
+
+
+def random_tree(root: Path, mib: int) -> bytes:
+    """A directory with *mib* MiB of incompressible data; returns that data."""
+    root.mkdir(parents=True)
+    data = os.urandom(mib << 20)
+    (root / "blob.bin").write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_a_save_after_a_crash_mid_upload_takes_over_the_key(
+    gha_server_factory: ServerFactory, npm_harness: NpmHarness, tmp_path: Path, mode: str
+) -> None:
+    """A job dies with the server (``kill -9`` of both) while its ``@actions/cache`` save is
+    uploading. After the restart its reservation is still there; the retried job's save
+    succeeds once that upload has been idle for ``--reservation-timeout``, instead of
+    being skipped ("another job may be creating this cache") for ``--upload-timeout``."""
+    timeout = 3.0
+    server = gha_server_factory("--reservation-timeout", f"{timeout:g}s")
+    token = server.token("refs/heads/main")
+    key = f"{mode}-crash-{secrets.token_hex(4)}"
+    random_tree(tmp_path / "first" / "data", 64)
+    first = npm_harness.start(
+        "save", tmp_path / "first", "data", key,
+        env=npm_harness.env(server, token, mode, tmp_path / "first"),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while f"(key {key})" not in server.log_text():  # "reserved entry N in scope S (key K)"
+        assert first.poll() is None, npm_harness.finish(first)["log"]
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.002)
+    server.kill()  # 64 MiB are far from uploaded and committed yet
+    killed = time.monotonic()
+    first.kill()
+    first.communicate(timeout=30)
+
+    server.start()
+    admin = {"Authorization": f"Bearer {server.token(admin=True)}"}
+    listed = httpx.get(
+        f"{server.url}_kiln/v1/entries", params={"key": key, "pending": "1"}, headers=admin
+    ).json()["entries"]
+    assert [e["state"] for e in listed] == ["pending"]  # the dead upload still holds the key
+    (dead,) = listed
+
+    saved = random_tree(tmp_path / "second" / "data", 1)
+    time.sleep(max(0.0, killed + timeout + 0.5 - time.monotonic()))
+    retry = npm_harness.run(
+        "save", tmp_path / "second", "data", key,
+        env=npm_harness.env(server, token, mode, tmp_path / "second"),
+    )  # fmt: skip
+    assert isinstance(retry["result"], int) and retry["result"] > 0, retry["log"]
+    assert "another job may be creating this cache" not in retry["log"]
+    assert f"taking over upload {dead['id']}" in server.log_text()
+
+    restored = npm_harness.run(
+        "restore", tmp_path / "third", "data", key,
+        env=npm_harness.env(server, token, mode, tmp_path / "third"),
+    )  # fmt: skip
+    assert restored["result"] == key, restored["log"]
+    assert (tmp_path / "third" / "data" / "blob.bin").read_bytes() == saved

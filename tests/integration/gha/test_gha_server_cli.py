@@ -79,6 +79,10 @@ def test_serve_user_errors(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     bad = kiln("cache", "serve", "--root", str(tmp_path), "--listen", "nowhere:port")
     assert bad.returncode == 2 and "--listen" in bad.stderr
+    bad = kiln("cache", "serve", "--root", str(tmp_path), "--reservation-timeout", "soon")
+    assert bad.returncode == 2 and "invalid --reservation-timeout 'soon'" in bad.stderr
+    bad = kiln("cache", "serve", "--root", str(tmp_path), "--reservation-timeout", "0s")
+    assert bad.returncode == 2 and "--reservation-timeout must be positive" in bad.stderr
 
 
 def test_instances_share_postgres_metadata(

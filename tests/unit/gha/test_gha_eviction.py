@@ -116,6 +116,37 @@ def test_abandoned_uploads_are_cleaned_and_free_their_key(gha_app_factory: Facto
     assert w.v1_reserve("k", VERSION).status_code == 201  # the key is free again
 
 
+def test_an_idle_upload_nobody_else_wants_can_still_finish(gha_app_factory: Factory) -> None:
+    """Past the reservation timeout an upload is only *reclaimable*: until another save
+    takes its key, or ``upload_timeout`` passes, it is kept and its client may go on."""
+    app = gha_app_factory(reservation_timeout=60, upload_timeout=3600)
+    w = Wire(app.client, token_for("main"))
+    cache_id = w.v1_reserve("k", VERSION, 8).json()["cacheId"]
+    assert w.v1_chunk(cache_id, 0, b"1234").status_code == 204
+    app.clock.advance(600)
+    report = evictor(app).run(full=True)
+    assert report.abandoned == 0 and report.orphans == 0
+    assert w.v1_chunk(cache_id, 4, b"5678").status_code == 204
+    assert w.v1_commit(cache_id, 8).status_code == 204
+    loc = w.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    assert app.client.get(loc).content == b"12345678"
+
+
+def test_a_taken_over_upload_is_not_swept_again(gha_app_factory: Factory) -> None:
+    app = gha_app_factory(reservation_timeout=60, upload_timeout=120)
+    w = Wire(app.client, token_for("main"))
+    old_id = w.v1_reserve("k", VERSION).json()["cacheId"]
+    w.v1_chunk(old_id, 0, b"old")
+    app.clock.advance(61)
+    new_id = w.v1_reserve("k", VERSION).json()["cacheId"]
+    app.clock.advance(61)  # 122 s since the old upload's activity, 61 since the new one's
+    assert evictor(app).run().abandoned == 0
+    assert w.v1_chunk(new_id, 0, b"new").status_code == 204
+    assert w.v1_commit(new_id, 3).status_code == 204
+    stats = app.client.get("/_kiln/v1/stats", headers=app.auth("main")).json()
+    assert (stats["taken_over"], stats["abandoned"], stats["entries"]) == (1, 0, 1)
+
+
 def test_orphaned_data_is_swept(gha_app_factory: Factory) -> None:
     app = gha_app_factory(orphan_grace=600)
     Wire(app.client, token_for("main")).v1_save("kept", VERSION, b"kept")

@@ -161,3 +161,117 @@ def test_blob_lookup(metadata_store: MetadataStore) -> None:
     assert found is not None and found.id == entry.id
     assert metadata_store.find("main", "k", V) == found
     assert metadata_store.get_by_blob(blob()) is None
+
+
+# --- taking over idle reservations -------------------------------------------------------
+
+
+def test_take_over_an_idle_reservation(metadata_store: MetadataStore) -> None:
+    old_blob = blob()
+    old = metadata_store.reserve("main", "k", V, old_blob, 100, 1.0)
+    assert metadata_store.record_chunk(old.id, 0, 10, 2.0) is True
+    assert metadata_store.record_block(old.id, "QUFB", 10, 2.0) is True
+    # active at 2.0: not idle before 2.0
+    with pytest.raises(AlreadyExists):
+        metadata_store.take_over("main", "k", V, blob(), None, 3.0, 2.0)
+    assert metadata_store.find("main", "k", V) == metadata_store.get(old.id)
+    new_blob = blob()
+    new, replaced = metadata_store.take_over("main", "k", V, new_blob, 7, 3.0, 2.5)
+    assert replaced is not None and replaced.id == old.id and replaced.blob == old_blob
+    assert replaced.last_access == 2.0 and replaced.state == "pending"
+    assert new.id != old.id and new.blob == new_blob and new.state == "pending"
+    assert (new.declared_size, new.created_at, new.last_access) == (7, 3.0, 3.0)
+    assert metadata_store.find("main", "k", V) == new
+    # the old upload is gone with its bookkeeping, and nothing more is recorded for it
+    assert metadata_store.get(old.id) is None and not metadata_store.has_blob(old_blob)
+    assert metadata_store.chunks(old.id) == [] and metadata_store.blocks(old.id) == {}
+    assert metadata_store.record_chunk(old.id, 10, 10, 4.0) is False
+    assert metadata_store.record_block(old.id, "QkJC", 10, 4.0) is False
+    assert metadata_store.replace_chunks(old.id, 10, 4.0) is False
+    assert metadata_store.note_activity(old.id, 4.0) is False
+    assert metadata_store.chunks(old.id) == [] and metadata_store.blocks(old.id) == {}
+    assert metadata_store.commit(old.id, 10, 4.0) is None
+    # the new upload goes on as any other
+    assert metadata_store.chunks(new.id) == []
+    assert metadata_store.record_chunk(new.id, 0, 7, 4.0) is True
+    done = metadata_store.commit(new.id, 7, 5.0)
+    assert done is not None and done.ready and done.blob == new_blob
+    assert metadata_store.totals().pending == 0
+
+
+def test_take_over_of_a_free_key_just_reserves(metadata_store: MetadataStore) -> None:
+    entry, replaced = metadata_store.take_over("main", "k", V, blob(), None, 5.0, 4.0)
+    assert replaced is None and entry.state == "pending"
+    assert metadata_store.find("main", "k", V) == entry
+
+
+def test_activity_keeps_a_reservation(metadata_store: MetadataStore) -> None:
+    entry = metadata_store.reserve("main", "k", V, blob(), None, 1.0)
+    assert metadata_store.note_activity(entry.id, 10.0) is True
+    assert metadata_store.note_activity(entry.id, 5.0) is True  # never moves back in time
+    got = metadata_store.get(entry.id)
+    assert got is not None and got.last_access == 10.0
+    with pytest.raises(AlreadyExists):
+        metadata_store.take_over("main", "k", V, blob(), None, 11.0, 9.0)
+    metadata_store.replace_chunks(entry.id, 3, 20.0)
+    with pytest.raises(AlreadyExists):
+        metadata_store.take_over("main", "k", V, blob(), None, 21.0, 19.0)
+    assert metadata_store.find("main", "k", V) == metadata_store.get(entry.id)
+    assert metadata_store.chunks(entry.id) == [(0, 3)]
+
+
+def test_committed_entries_are_never_taken_over(metadata_store: MetadataStore) -> None:
+    entry_id = committed(metadata_store, "main", "k", 5, now=1.0)
+    with pytest.raises(AlreadyExists):
+        metadata_store.take_over("main", "k", V, blob(), None, 1e9, 1e9)
+    got = metadata_store.get(entry_id)
+    assert got is not None and got.ready and got.size == 5
+    assert metadata_store.note_activity(entry_id, 2.0) is False  # not an upload any more
+    assert metadata_store.record_chunk(entry_id, 0, 1, 2.0) is False
+    assert metadata_store.chunks(entry_id) == []
+    hit = metadata_store.match("main", V, "k", prefix=False)
+    assert hit is not None and hit.id == entry_id
+
+
+@pytest.mark.parametrize("plain", [0, 3])
+def test_concurrent_take_overs_have_exactly_one_winner(
+    metadata_store: MetadataStore, plain: int
+) -> None:
+    """Eight clients reserve a key whose reservation is idle at once (*plain* of them
+    through a plain reserve first, as the service does): exactly one gets it."""
+    idle = metadata_store.reserve("main", "race", V, blob(), None, 1.0)
+    metadata_store.record_chunk(idle.id, 0, 4, 1.0)
+    winners: list[tuple[int, int | None]] = []
+    losers: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def attempt(n: int) -> None:
+        metadata_store.get(idle.id)  # this thread's connection is open before the race
+        barrier.wait()
+        try:
+            if n < plain:
+                entry = metadata_store.reserve("main", "race", V, blob(), None, 100.0)
+                got: tuple[int, int | None] = (entry.id, None)
+            else:
+                entry, old = metadata_store.take_over("main", "race", V, blob(), None, 100.0, 40.0)
+                got = (entry.id, None if old is None else old.id)
+        except AlreadyExists:
+            with lock:
+                losers.append("lost")
+            return
+        with lock:
+            winners.append(got)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(losers) == 7, (winners, losers)
+    ((winner, replaced),) = winners
+    assert replaced == idle.id  # the plain reservations all lost to the idle row
+    held = metadata_store.find("main", "race", V)
+    assert held is not None and held.id == winner and held.state == "pending"
+    assert metadata_store.get(idle.id) is None
+    assert len(metadata_store.list_entries(None, "race", include_pending=True)) == 1

@@ -49,6 +49,9 @@ def test_settings_validation() -> None:
         ServerSettings(secret=b"short")
     s = ServerSettings(secret=b"x" * 32, max_size=1000, max_entry_size=5000)
     assert s.entry_cap == 1000  # an entry never exceeds the whole cache
+    assert s.reservation_timeout == 120.0 and s.upload_timeout == 3600.0
+    with pytest.raises(UsageError, match="--reservation-timeout must be positive"):
+        ServerSettings(secret=b"x" * 32, reservation_timeout=0)
 
 
 def test_secret_is_created_once_private(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-from tests.fixtures.gha import AppHarness, Wire, token_for
+from tests.fixtures.gha import AppHarness, Wire, paced, token_for
 
 from kiln.gha.scopes import READ
 
@@ -279,3 +281,157 @@ def test_anonymous_scope_for_trusted_networks(gha_app_factory: object) -> None:
     assert wire(app, "main").v1_lookup(["k"], VERSION).status_code == 204
     # and the management API stays closed to anonymous callers' admin actions
     assert app.client.post("/_kiln/v1/evict").status_code == 403
+
+
+# --- stale reservations ------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def stream_chunk(
+    w: Wire, cache_id: int, pieces: list[bytes], between: Callable[[int], None]
+) -> httpx.Response:
+    """PATCH one chunk made of *pieces*, sent with :func:`paced`."""
+    total = sum(len(p) for p in pieces)
+    headers = {
+        **w.headers,
+        "Content-Type": "application/octet-stream",
+        "Content-Range": f"bytes 0-{total - 1}/*",
+    }
+    return w.client.patch(
+        f"{w.base}_apis/artifactcache/caches/{cache_id}",
+        content=paced(pieces, between),
+        headers=headers,
+    )
+
+
+def test_an_idle_reservation_is_taken_over(gha_app_factory: Callable[..., AppHarness]) -> None:
+    """The job that reserved the key died mid-upload: its retry saves the key once the
+    reservation has seen no progress for the timeout; the dead upload can no longer write."""
+    app = gha_app_factory(reservation_timeout=60)
+    dead, retry = wire(app, "main"), wire(app, "main")
+    old_id = dead.v1_reserve("k", VERSION, 8).json()["cacheId"]
+    assert dead.v1_chunk(old_id, 0, b"old-").status_code == 204
+    old = app.metadata.get(old_id)
+    assert old is not None and app.upload_path(old.blob).exists()
+    app.clock.advance(59)
+    held = retry.v1_reserve("k", VERSION, 8)
+    assert held.status_code == 409  # not idle long enough yet
+    assert held.json()["typeKey"] == "ArtifactCacheItemAlreadyExistsException"
+    app.clock.advance(2)
+    resp = retry.v1_reserve("k", VERSION, 8)
+    assert resp.status_code == 201
+    new_id = resp.json()["cacheId"]
+    assert new_id != old_id
+    assert not app.upload_path(old.blob).parent.exists()  # its staged data is discarded
+    # the dead upload's next chunk and its commit are refused as a lost reservation's
+    late = dead.v1_chunk(old_id, 4, b"data")
+    assert late.status_code == 404 and "no upload in progress" in late.json()["message"]
+    assert dead.v1_commit(old_id, 8).status_code == 404
+    assert retry.v1_chunk(new_id, 0, b"new-data").status_code == 204
+    assert retry.v1_commit(new_id, 8).status_code == 204
+    hit = retry.v1_lookup(["k"], VERSION).json()
+    assert app.client.get(hit["archiveLocation"]).content == b"new-data"
+    stats = app.client.get("/_kiln/v1/stats", headers=app.auth("main")).json()
+    assert stats["taken_over"] == 1 and stats["entries"] == 1 and stats["pending_uploads"] == 0
+
+
+def test_a_reservation_without_any_chunk_is_taken_over(
+    gha_app_factory: Callable[..., AppHarness],
+) -> None:
+    app = gha_app_factory(reservation_timeout=60)
+    w = wire(app, "main")
+    old_id = w.v1_reserve("k", VERSION).json()["cacheId"]
+    app.clock.advance(61)
+    new_id = w.v1_reserve("k", VERSION).json()["cacheId"]
+    assert new_id != old_id
+    assert w.v1_commit(old_id, 0).status_code == 404
+    assert w.v1_commit(new_id, 0).status_code == 204
+    assert w.v1_lookup(["k"], VERSION).status_code == 200
+
+
+def test_an_upload_making_progress_keeps_its_reservation(
+    gha_app_factory: Callable[..., AppHarness],
+) -> None:
+    app = gha_app_factory(reservation_timeout=60)
+    first, second = wire(app, "main"), wire(app, "main")
+    cache_id = first.v1_reserve("k", VERSION, 12).json()["cacheId"]
+    for n, part in enumerate((b"aaaa", b"bbbb", b"cccc")):
+        app.clock.advance(45)  # 135 s since the reservation, never 60 without progress
+        assert second.v1_reserve("k", VERSION, 12).status_code == 409
+        assert first.v1_chunk(cache_id, 4 * n, part).status_code == 204
+    app.clock.advance(45)
+    assert second.v1_reserve("k", VERSION, 12).status_code == 409
+    assert first.v1_commit(cache_id, 12).status_code == 204
+    # committed entries are never taken over, however long unused
+    app.clock.advance(86400)
+    dup = second.v1_reserve("k", VERSION, 12)
+    assert dup.status_code == 409 and "already exists" in dup.json()["message"].lower()
+    loc = second.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    assert app.client.get(loc).content == b"aaaabbbbcccc"
+
+
+def test_a_long_chunk_still_streaming_keeps_its_reservation(
+    gha_app_factory: Callable[..., AppHarness],
+) -> None:
+    """One chunk takes longer than the timeout to arrive: its bytes are progress."""
+    app = gha_app_factory(reservation_timeout=60)
+    first, second = (
+        wire(app, "main"),
+        Wire(httpx.Client(base_url=app.url, trust_env=False), token_for("main")),
+    )
+    cache_id = first.v1_reserve("k", VERSION, 4 * MIB).json()["cacheId"]
+    entry = app.metadata.get(cache_id)
+    assert entry is not None
+    pieces = [bytes([n]) * MIB for n in range(4)]
+    refused: list[int] = []
+
+    def between(n: int) -> None:
+        app.wait_for_upload(entry.blob, n * MIB)
+        app.clock.advance(40)  # 120 s since the reservation by the third piece
+        refused.append(second.v1_reserve("k", VERSION, 4 * MIB).status_code)
+
+    try:
+        assert stream_chunk(first, cache_id, pieces, between).status_code == 204
+    finally:
+        second.client.close()
+    assert refused == [409, 409, 409]
+    assert first.v1_commit(cache_id, 4 * MIB).status_code == 204
+    loc = first.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    assert app.client.get(loc).content == b"".join(pieces)
+
+
+def test_a_chunk_stalled_past_the_timeout_loses_to_a_new_reservation(
+    gha_app_factory: Callable[..., AppHarness],
+) -> None:
+    """A chunk whose bytes stop arriving for the timeout: its reservation is taken over,
+    and what arrives afterwards is refused and discarded, not mixed into the new upload."""
+    app = gha_app_factory(reservation_timeout=60)
+    first, second = (
+        wire(app, "main"),
+        Wire(httpx.Client(base_url=app.url, trust_env=False), token_for("main")),
+    )
+    cache_id = first.v1_reserve("k", VERSION, 2 * MIB).json()["cacheId"]
+    entry = app.metadata.get(cache_id)
+    assert entry is not None
+    taken: list[int] = []
+
+    def between(n: int) -> None:
+        app.wait_for_upload(entry.blob, MIB)
+        app.clock.advance(61)  # the client stalls
+        resp = second.v1_reserve("k", VERSION, 3)
+        taken.append(resp.json()["cacheId"])
+
+    try:
+        resp = stream_chunk(first, cache_id, [b"o" * MIB, b"o" * MIB], between)
+        assert resp.status_code == 404 and "no upload in progress" in resp.json()["message"]
+        (new_id,) = taken
+        assert new_id != cache_id
+        assert not app.upload_path(entry.blob).parent.exists()
+        assert first.v1_commit(cache_id, 2 * MIB).status_code == 404
+        assert second.v1_chunk(new_id, 0, b"new").status_code == 204
+        assert second.v1_commit(new_id, 3).status_code == 204
+    finally:
+        second.client.close()
+    loc = first.v1_lookup(["k"], VERSION).json()["archiveLocation"]
+    assert app.client.get(loc).content == b"new"

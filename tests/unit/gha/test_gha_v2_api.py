@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
-from tests.fixtures.gha import GO_VERSION, AppHarness, Wire, token_for
+from tests.fixtures.gha import GO_VERSION, AppHarness, Wire, paced, token_for
 
 from kiln.gha.scopes import READ
 
@@ -280,3 +282,131 @@ def test_head_and_empty_entry(gha_app: AppHarness) -> None:
     assert head.status_code == 200 and head.headers["content-length"] == "0"
     assert head.headers["x-ms-request-id"] and head.headers["etag"]
     assert gha_app.client.get(loc).content == b""
+
+
+# --- stale reservations ------------------------------------------------------------------
+
+MIB = 1 << 20
+Factory = Callable[..., AppHarness]
+
+
+def blob_of(url: str) -> str:
+    return urlsplit(url).path.rsplit("/", 1)[-1]
+
+
+def test_an_idle_cache_entry_is_taken_over(gha_app_factory: Factory) -> None:
+    """The job that created the entry died mid-upload: its retry's CreateCacheEntry wins
+    once the upload has seen no progress for the timeout; the dead upload's URL is dead."""
+    app = gha_app_factory(reservation_timeout=60)
+    dead, retry = wire(app, "main"), wire(app, "main")
+    old_url = dead.v2_create("k", NPM_VERSION).json()["signed_upload_url"]
+    staged = go_block_id()
+    assert dead.put_block(old_url, staged, b"old block").status_code == 201
+    app.clock.advance(59)
+    held = retry.v2_create("k", NPM_VERSION)
+    assert held.status_code == 409 and held.json()["code"] == "already_exists"
+    app.clock.advance(2)
+    resp = retry.v2_create("k", NPM_VERSION)
+    assert resp.status_code == 200 and resp.json()["ok"] is True
+    new_url = resp.json()["signed_upload_url"]
+    assert blob_of(new_url) != blob_of(old_url)
+    assert not app.upload_path(blob_of(old_url)).parent.exists()  # staged data discarded
+    # every later request of the dead upload is refused as a lost reservation's
+    for late in (
+        dead.put_block(old_url, go_block_id(), b"late"),
+        dead.put_block_list(old_url, [staged]),
+        dead.put_blob(old_url, b"late blob"),
+    ):
+        assert late.status_code == 404 and late.headers["x-ms-error-code"] == "BlobNotFound"
+    # v2 finalizes by key: the dead client's finalize meets the new, empty upload
+    fin = dead.v2_finalize("k", NPM_VERSION, 9)
+    assert fin.status_code == 400 and fin.json()["code"] == "invalid_argument"
+    assert retry.v2_lookup("k", NPM_VERSION).json()["ok"] is False
+    assert retry.put_blob(new_url, b"new data").status_code == 201
+    fin = retry.v2_finalize("k", NPM_VERSION, "8")
+    assert fin.status_code == 200 and fin.json()["ok"] is True
+    hit = retry.v2_lookup("k", NPM_VERSION).json()
+    assert app.client.get(hit["signed_download_url"]).content == b"new data"
+    stats = app.client.get("/_kiln/v1/stats", headers=app.auth("main")).json()
+    assert stats["taken_over"] == 1 and stats["pending_uploads"] == 0
+
+
+def test_a_v2_upload_making_progress_keeps_its_entry(gha_app_factory: Factory) -> None:
+    app = gha_app_factory(reservation_timeout=60)
+    first, second = wire(app, "main"), wire(app, "main")
+    url = first.v2_create("k", NPM_VERSION).json()["signed_upload_url"]
+    blocks = [b"first ", b"second ", b"third"]
+    ids = [go_block_id() for _ in blocks]
+    for block_id, block in zip(ids, blocks, strict=True):
+        app.clock.advance(45)  # never 60 s without progress
+        dup = second.v2_create("k", NPM_VERSION)
+        assert dup.status_code == 409 and dup.json()["code"] == "already_exists"
+        assert first.put_block(url, block_id, block).status_code == 201
+    app.clock.advance(45)
+    assert second.v2_create("k", NPM_VERSION).status_code == 409
+    assert first.put_block_list(url, ids).status_code == 201
+    app.clock.advance(45)
+    assert second.v2_create("k", NPM_VERSION).status_code == 409
+    size = sum(len(b) for b in blocks)
+    assert first.v2_finalize("k", NPM_VERSION, size).json()["ok"] is True
+    app.clock.advance(86400)  # committed entries are never taken over
+    assert second.v2_create("k", NPM_VERSION).status_code == 409
+    loc = second.v2_lookup("k", NPM_VERSION).json()["signed_download_url"]
+    assert app.client.get(loc).content == b"".join(blocks)
+
+
+def test_a_long_put_blob_still_streaming_keeps_its_entry(gha_app_factory: Factory) -> None:
+    """@azure/storage-blob sends up to 128 MiB in one Put Blob: while its bytes arrive,
+    the upload is making progress, even past the timeout."""
+    app = gha_app_factory(reservation_timeout=60)
+    first = wire(app, "main")
+    second = Wire(httpx.Client(base_url=app.url, trust_env=False), token_for("main"))
+    url = first.v2_create("k", NPM_VERSION).json()["signed_upload_url"]
+    pieces = [bytes([n]) * MIB for n in range(4)]
+    codes: list[str] = []
+
+    def between(n: int) -> None:
+        app.wait_for_upload(blob_of(url), n * MIB)
+        app.clock.advance(40)
+        codes.append(second.v2_create("k", NPM_VERSION).json()["code"])
+
+    try:
+        put = app.client.put(
+            url, content=paced(pieces, between), headers={"x-ms-blob-type": "BlockBlob"}
+        )
+    finally:
+        second.client.close()
+    assert put.status_code == 201
+    assert codes == ["already_exists"] * 3
+    assert first.v2_finalize("k", NPM_VERSION, 4 * MIB).json()["ok"] is True
+    loc = first.v2_lookup("k", NPM_VERSION).json()["signed_download_url"]
+    assert app.client.get(loc).content == b"".join(pieces)
+
+
+def test_a_put_blob_stalled_past_the_timeout_loses_its_entry(gha_app_factory: Factory) -> None:
+    app = gha_app_factory(reservation_timeout=60)
+    first = wire(app, "main")
+    second = Wire(httpx.Client(base_url=app.url, trust_env=False), token_for("main"))
+    old_url = first.v2_create("k", NPM_VERSION).json()["signed_upload_url"]
+    new_urls: list[str] = []
+
+    def between(n: int) -> None:
+        app.wait_for_upload(blob_of(old_url), MIB)
+        app.clock.advance(61)  # the client stalls
+        new_urls.append(second.v2_create("k", NPM_VERSION).json()["signed_upload_url"])
+
+    try:
+        put = app.client.put(
+            old_url,
+            content=paced([b"o" * MIB, b"o" * MIB], between),
+            headers={"x-ms-blob-type": "BlockBlob"},
+        )
+        assert put.status_code == 404 and put.headers["x-ms-error-code"] == "BlobNotFound"
+        assert not app.upload_path(blob_of(old_url)).parent.exists()
+        (new_url,) = new_urls
+        assert second.put_blob(new_url, b"new").status_code == 201
+        assert second.v2_finalize("k", NPM_VERSION, 3).json()["ok"] is True
+    finally:
+        second.client.close()
+    loc = first.v2_lookup("k", NPM_VERSION).json()["signed_download_url"]
+    assert app.client.get(loc).content == b"new"

@@ -3,7 +3,9 @@
 One :meth:`Evictor.run` pass, in order:
 
 1. uploads whose reservation saw no activity for ``upload_timeout`` are abandoned: the
-   pending row and its data are removed, freeing the key for another writer;
+   pending row and its data are removed, freeing the key for another writer (a writer
+   that wants the key sooner takes over an upload idle for ``reservation_timeout``, by
+   the same activity time: see :mod:`~kiln.gha.server.service`);
 2. entries unused (no lookup hit, no download) for ``max_age`` are removed;
 3. while committed entries add up to more than ``max_size``, the least recently used
    are removed;

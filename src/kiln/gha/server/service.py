@@ -3,6 +3,14 @@
 The v1 REST API, the v2 twirp API and the blob endpoints all call into
 :class:`CacheService`; it enforces scopes, immutability, size bounds and the commit
 protocol (bytes durable first, then the metadata row flips to ready in one transaction).
+
+A reservation whose upload shows no activity for ``reservation_timeout`` (a server killed
+mid-upload, a client that died) is taken over by the next reservation of its key instead
+of answering 409: the idle upload's data is discarded and its later requests are refused
+as those of any lost reservation (404). Activity is what an upload's requests record (a
+chunk, a block, a blob, a block list, a commit) and, while a request's body streams in,
+its bytes, noted at least every quarter of the timeout: an upload making progress keeps
+its key however long one of its requests takes.
 """
 
 from __future__ import annotations
@@ -13,8 +21,8 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -34,6 +42,10 @@ MAX_BLOCK_ID_BYTES = 64
 MAX_STAGED_BLOCKS = 100_000  # Azure's limit of uncommitted blocks per blob
 READ_DENIED = "cache read denied: the token has no readable cache scope"
 WRITE_DENIED = "cache write denied: the token has no writable cache scope"
+
+
+class _Lost(NotFound):
+    """The reservation of an upload was lost while one of its request bodies streamed in."""
 
 
 def check_key(key: object) -> str:
@@ -139,15 +151,43 @@ class CacheService:
                 f"Cache size of {declared_size} bytes is over the {cap} bytes an entry may have"
             )
         blob = secrets.token_hex(16)
+        now = self.clock()
         try:
             entry = await self.db(
-                self.metadata.reserve, scope, key, version, blob, declared_size, self.clock()
+                self.metadata.reserve, scope, key, version, blob, declared_size, now
+            )
+        except AlreadyExists:
+            entry = await self._take_over(scope, key, version, blob, declared_size, now)
+        else:
+            log.info("reserved entry %d in scope %s (key %s)", entry.id, scope, key)
+        return entry
+
+    async def _take_over(
+        self, scope: str, key: str, version: str, blob: str, declared_size: int | None, now: float
+    ) -> Entry:
+        """Reserve the key in place of an idle reservation; 409 if it is not idle."""
+        idle_before = now - self.settings.reservation_timeout
+        try:
+            entry, replaced = await self.db(
+                self.metadata.take_over, scope, key, version, blob, declared_size, now, idle_before
             )
         except AlreadyExists as exc:
             raise Conflict(
                 f"Cache already exists. Scope: {scope}, Key: {key}, Version: {version}"
             ) from exc
-        log.info("reserved entry %d in scope %s (key %s)", entry.id, scope, key)
+        if replaced is None:  # the holder went away between the two attempts
+            log.info("reserved entry %d in scope %s (key %s)", entry.id, scope, key)
+            return entry
+        await anyio.to_thread.run_sync(self.storage.delete, replaced.blob)
+        await self.db(self.metadata.bump, "taken_over")
+        log.info(
+            "reserved entry %d in scope %s (key %s), taking over upload %d idle for %.0fs",
+            entry.id,
+            scope,
+            key,
+            replaced.id,
+            now - replaced.last_access,
+        )
         return entry
 
     async def pending_for(self, grant: Grant, entry_id: int) -> Entry:
@@ -167,6 +207,37 @@ class CacheService:
         return entry
 
     # --- uploads -----------------------------------------------------------------------
+    async def _lost(self, entry: Entry) -> NoReturn:
+        """The upload's reservation is gone (taken over, abandoned, removed): drop what
+        this request wrote and refuse it as a request for an unknown upload."""
+        await anyio.to_thread.run_sync(self.storage.discard_upload, entry.blob)
+        raise NotFound(f"no upload in progress with id {entry.id}")
+
+    async def _record(self, entry: Entry, fn: Callable[..., bool], *args: Any) -> None:
+        """Record upload progress with *fn* (a ``record_*`` of the metadata store)."""
+        if not await self.db(fn, entry.id, *args, self.clock()):
+            await self._lost(entry)
+
+    async def _alive(self, entry: Entry, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass *body* through, noting activity on the reservation as its bytes arrive (at
+        most every quarter of the reservation timeout); stop once the reservation is lost."""
+        interval = self.settings.reservation_timeout / 4
+        noted = entry.last_access
+        async for piece in body:
+            now = self.clock()
+            if now - noted >= interval:
+                if not await self.db(self.metadata.note_activity, entry.id, now):
+                    raise _Lost(f"no upload in progress with id {entry.id}")
+                noted = now
+            yield piece
+
+    async def _write(self, entry: Entry, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a storage write of a body passed through :meth:`_alive`."""
+        try:
+            return await write()
+        except _Lost:
+            await self._lost(entry)
+
     async def write_chunk(
         self, entry: Entry, start: int, end: int, body: AsyncIterator[bytes]
     ) -> None:
@@ -179,16 +250,17 @@ class CacheService:
         if end >= limit:
             raise TooLarge(f"chunk {start}-{end} goes past the {limit} bytes of this entry")
         length = end - start + 1
-        written = await self.storage.write_at(entry.blob, start, limited(body, length, "the chunk"))
+        stream = limited(self._alive(entry, body), length, "the chunk")
+        written = await self._write(entry, lambda: self.storage.write_at(entry.blob, start, stream))
         if written != length:
             raise Invalid(f"the chunk has {written} bytes, its Content-Range says {length}")
-        await self.db(self.metadata.record_chunk, entry.id, start, length, self.clock())
+        await self._record(entry, self.metadata.record_chunk, start, length)
 
     async def put_blob(self, entry: Entry, body: AsyncIterator[bytes]) -> int:
         """Azure Put Blob: the whole entry in one request."""
-        cap = self.settings.entry_cap
-        size = await self.storage.write_whole(entry.blob, limited(body, cap, "the blob"))
-        await self.db(self.metadata.replace_chunks, entry.id, size, self.clock())
+        stream = limited(self._alive(entry, body), self.settings.entry_cap, "the blob")
+        size = await self._write(entry, lambda: self.storage.write_whole(entry.blob, stream))
+        await self._record(entry, self.metadata.replace_chunks, size)
         return size
 
     async def put_block(self, entry: Entry, block_id: str, body: AsyncIterator[bytes]) -> int:
@@ -198,10 +270,11 @@ class CacheService:
         if block_id not in staged and len(staged) >= MAX_STAGED_BLOCKS:
             raise Invalid(f"an upload may stage at most {MAX_STAGED_BLOCKS} blocks")
         room = self.settings.entry_cap - sum(n for b, n in staged.items() if b != block_id)
-        size = await self.storage.write_block(
-            entry.blob, block_id, limited(body, max(room, 0), "the staged blocks")
+        stream = limited(self._alive(entry, body), max(room, 0), "the staged blocks")
+        size = await self._write(
+            entry, lambda: self.storage.write_block(entry.blob, block_id, stream)
         )
-        await self.db(self.metadata.record_block, entry.id, block_id, size, self.clock())
+        await self._record(entry, self.metadata.record_block, block_id, size)
         return size
 
     async def put_block_list(self, entry: Entry, block_ids: Sequence[str]) -> int:
@@ -219,7 +292,7 @@ class CacheService:
             raise Invalid(str(exc)) from exc
         if size != total:
             raise Invalid(f"assembled {size} bytes, the staged blocks add up to {total}")
-        await self.db(self.metadata.replace_chunks, entry.id, size, self.clock())
+        await self._record(entry, self.metadata.replace_chunks, size)
         return size
 
     # --- commit ------------------------------------------------------------------------
@@ -256,7 +329,10 @@ class CacheService:
         if not covered(chunks, size):
             got = sum(n for _, n in chunks)
             raise Invalid(f"the uploaded data ({got} bytes in chunks) does not make {size} bytes")
-        await self.db(self.metadata.touch, entry.id, self.clock(), hit=False)
+        # A commit is activity: it keeps the reservation (from a take-over, the abandoned
+        # upload sweep) while the bytes are sealed.
+        if not await self.db(self.metadata.note_activity, entry.id, self.clock()):
+            raise NotFound(f"no upload in progress with id {entry.id}")
         try:
             await self.storage.seal(entry.blob, size)
         except SizeMismatch as exc:

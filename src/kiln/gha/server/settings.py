@@ -18,6 +18,7 @@ from kiln.errors import UsageError
 
 DEFAULT_MAX_SIZE = 10 * 10**9
 DEFAULT_MAX_AGE = 7 * 86400.0
+DEFAULT_RESERVATION_TIMEOUT = 120.0
 
 
 def parse_size(text: str, *, name: str = "size") -> int:
@@ -64,7 +65,10 @@ class ServerSettings:
     max_size: int = DEFAULT_MAX_SIZE  # total bytes of committed entries (LRU beyond)
     max_entry_size: int | None = None  # one entry's cap; None: max_size
     max_age: float = DEFAULT_MAX_AGE  # entries unused this long are evicted
-    upload_timeout: float = 3600.0  # a reservation idle this long is abandoned
+    upload_timeout: float = 3600.0  # an upload idle this long is abandoned (row and data removed)
+    # A reservation whose upload is idle this long is taken over by the next save of its
+    # key (instead of a 409), so a crash mid-upload does not block the key until then.
+    reservation_timeout: float = DEFAULT_RESERVATION_TIMEOUT
     url_ttl: float = 6 * 3600.0  # lifetime of a signed blob URL
     eviction_interval: float = 300.0  # background sweep period
     orphan_grace: float = 600.0  # stored files without metadata older than this are removed
@@ -84,6 +88,8 @@ class ServerSettings:
             raise UsageError("the per-entry size cap must be positive")
         if self.max_age <= 0:
             raise UsageError("--max-age must be positive")
+        if self.reservation_timeout <= 0:
+            raise UsageError("--reservation-timeout must be positive")
 
     @property
     def entry_cap(self) -> int:

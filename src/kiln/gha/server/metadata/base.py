@@ -6,6 +6,12 @@ reservation inserts a *pending* row, the commit flips it to *ready*. Lookups onl
 see ready rows. The stored bytes live in :mod:`~kiln.gha.server.storage` under the
 row's ``blob`` name, a random id that never derives from the user's key.
 
+A pending row's ``last_access`` is the time of its upload's last activity (reservation,
+bytes received, chunk or block recorded, commit started). A reservation idle for long
+enough can be *taken over* (:meth:`MetadataStore.take_over`): its row is deleted and a
+new one (new id, new blob) inserted in one transaction, so the old upload's later
+requests find no pending row, and of N concurrent takers exactly one wins.
+
 Implementations are synchronous and thread-safe; the ASGI app calls them from worker
 threads.
 """
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 PENDING = "pending"
 READY = "ready"
 
-COUNTERS = ("hits", "misses", "evictions", "expired", "abandoned")
+COUNTERS = ("hits", "misses", "evictions", "expired", "abandoned", "taken_over")
 
 
 class AlreadyExists(Exception):
@@ -70,6 +76,26 @@ class MetadataStore(ABC):
         """Insert a pending row; raise :class:`AlreadyExists` when the triple is taken."""
 
     @abstractmethod
+    def take_over(
+        self,
+        scope: str,
+        key: str,
+        version: str,
+        blob: str,
+        declared_size: int | None,
+        now: float,
+        idle_before: float,
+    ) -> tuple[Entry, Entry | None]:
+        """Reserve the triple in place of a *pending* row idle since before *idle_before*.
+
+        In one transaction: delete that row (its chunks and blocks with it) if its last
+        upload activity is older than *idle_before*, then insert the new pending row.
+        Returns the new row and the one it replaced (None when the triple was free).
+        Raises :class:`AlreadyExists` when the triple is held by a ready row or by a
+        pending one active since; of concurrent takers exactly one wins.
+        """
+
+    @abstractmethod
     def get(self, entry_id: int) -> Entry | None: ...
 
     @abstractmethod
@@ -80,11 +106,20 @@ class MetadataStore(ABC):
         """The row (pending or ready) holding this exact triple."""
 
     @abstractmethod
-    def record_chunk(self, entry_id: int, start: int, length: int, now: float) -> None:
-        """Note that bytes [start, start+length) of a pending upload were written."""
+    def note_activity(self, entry_id: int, now: float) -> bool:
+        """Record upload activity on a pending row; False when it is no longer pending
+        (taken over, abandoned, removed or committed)."""
 
     @abstractmethod
-    def replace_chunks(self, entry_id: int, length: int, now: float) -> None:
+    def record_chunk(self, entry_id: int, start: int, length: int, now: float) -> bool:
+        """Note that bytes [start, start+length) of a pending upload were written.
+
+        False (and nothing recorded) when the row is no longer pending, as for every
+        ``record_*``/``replace_*`` method.
+        """
+
+    @abstractmethod
+    def replace_chunks(self, entry_id: int, length: int, now: float) -> bool:
         """Forget every chunk and block; the whole upload is one chunk [0, length)."""
 
     @abstractmethod
@@ -92,7 +127,7 @@ class MetadataStore(ABC):
         """``(start, length)`` of the chunks written so far, sorted by start."""
 
     @abstractmethod
-    def record_block(self, entry_id: int, block_id: str, length: int, now: float) -> None:
+    def record_block(self, entry_id: int, block_id: str, length: int, now: float) -> bool:
         """Note a staged block (Azure Put Block); a retry replaces the earlier one."""
 
     @abstractmethod

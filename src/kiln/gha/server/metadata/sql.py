@@ -111,14 +111,20 @@ class SqlMetadata(MetadataStore):
     def _many(self, sql: str, params: Sequence[Any]) -> list[Entry]:
         return [entry_from_row(r) for r in self._x(sql, params).fetchall()]
 
-    def _touch_pending(self, entry_id: int, now: float) -> None:
-        self._x(
-            "UPDATE entries SET last_access = ? WHERE id = ? AND state = ?",
+    def _touch_pending(self, entry_id: int, now: float) -> bool:
+        """Bump a pending row's activity time; whether it is (still) pending.
+
+        Run first in a transaction that records upload progress: it locks the row, so a
+        concurrent take-over either sees the new activity or has already removed it.
+        """
+        cur = self._x(
+            f"UPDATE entries SET last_access = {self.greatest}(last_access, ?)"
+            " WHERE id = ? AND state = ?",
             (now, entry_id, PENDING),
         )
+        return cur.rowcount == 1
 
-    # --- reservations and uploads ------------------------------------------------------
-    def reserve(
+    def _insert_pending(
         self,
         scope: str,
         key: str,
@@ -139,6 +145,44 @@ class SqlMetadata(MetadataStore):
             raise
         return entry_from_row(row)
 
+    # --- reservations and uploads ------------------------------------------------------
+    def reserve(
+        self,
+        scope: str,
+        key: str,
+        version: str,
+        blob: str,
+        declared_size: int | None,
+        now: float,
+    ) -> Entry:
+        return self._insert_pending(scope, key, version, blob, declared_size, now)
+
+    def take_over(
+        self,
+        scope: str,
+        key: str,
+        version: str,
+        blob: str,
+        declared_size: int | None,
+        now: float,
+        idle_before: float,
+    ) -> tuple[Entry, Entry | None]:
+        # The DELETE locks the idle row (PostgreSQL) or the database (SQLite's BEGIN
+        # IMMEDIATE): a concurrent taker waits, then deletes nothing and its INSERT hits
+        # the unique constraint; an upload that recorded progress meanwhile makes the
+        # row fail the (re-checked) idle condition, so it is kept.
+        with self._transaction():
+            replaced = self._one(
+                "DELETE FROM entries WHERE scope = ? AND key = ? AND version = ?"
+                f" AND state = ? AND last_access < ? RETURNING {COLUMNS}",
+                (scope, key, version, PENDING, idle_before),
+            )
+            entry = self._insert_pending(scope, key, version, blob, declared_size, now)
+        return entry, replaced
+
+    def note_activity(self, entry_id: int, now: float) -> bool:
+        return self._touch_pending(entry_id, now)
+
     def get(self, entry_id: int) -> Entry | None:
         return self._one(f"SELECT {COLUMNS} FROM entries WHERE id = ?", (entry_id,))
 
@@ -151,23 +195,27 @@ class SqlMetadata(MetadataStore):
             (scope, key, version),
         )
 
-    def record_chunk(self, entry_id: int, start: int, length: int, now: float) -> None:
+    def record_chunk(self, entry_id: int, start: int, length: int, now: float) -> bool:
         with self._transaction():
+            if not self._touch_pending(entry_id, now):
+                return False
             self._x(
                 "INSERT INTO chunks (entry_id, start, length) VALUES (?, ?, ?)"
                 " ON CONFLICT (entry_id, start) DO UPDATE SET length = excluded.length",
                 (entry_id, start, length),
             )
-            self._touch_pending(entry_id, now)
+        return True
 
-    def replace_chunks(self, entry_id: int, length: int, now: float) -> None:
+    def replace_chunks(self, entry_id: int, length: int, now: float) -> bool:
         with self._transaction():
+            if not self._touch_pending(entry_id, now):
+                return False
             self._x("DELETE FROM chunks WHERE entry_id = ?", (entry_id,))
             self._x("DELETE FROM blocks WHERE entry_id = ?", (entry_id,))
             self._x(
                 "INSERT INTO chunks (entry_id, start, length) VALUES (?, 0, ?)", (entry_id, length)
             )
-            self._touch_pending(entry_id, now)
+        return True
 
     def chunks(self, entry_id: int) -> list[tuple[int, int]]:
         rows = self._x(
@@ -175,14 +223,16 @@ class SqlMetadata(MetadataStore):
         ).fetchall()
         return [(int(a), int(b)) for a, b in rows]
 
-    def record_block(self, entry_id: int, block_id: str, length: int, now: float) -> None:
+    def record_block(self, entry_id: int, block_id: str, length: int, now: float) -> bool:
         with self._transaction():
+            if not self._touch_pending(entry_id, now):
+                return False
             self._x(
                 "INSERT INTO blocks (entry_id, block_id, length) VALUES (?, ?, ?)"
                 " ON CONFLICT (entry_id, block_id) DO UPDATE SET length = excluded.length",
                 (entry_id, block_id, length),
             )
-            self._touch_pending(entry_id, now)
+        return True
 
     def blocks(self, entry_id: int) -> dict[str, int]:
         rows = self._x(
