@@ -72,6 +72,9 @@ class KilnRoot:
 
 _SESSIONS: dict[Path, tuple[Path, IO[str]]] = {}
 
+#: where the OCI runtime (runc, crun) keeps the state of kiln's containers (``--root``)
+RUNTIME_ROOT = Path("/run/kiln/runtime")
+
 
 def _session_dir(tmp: Path) -> Path:
     """This process's directory under ``tmp``, held by an exclusive lock while it lives."""
@@ -96,9 +99,10 @@ def _end_session(path: Path, lock: IO[str]) -> None:
 
 
 def sweep_stale_sessions(tmp: Path) -> int:
-    """Remove what killed kiln processes left behind (mounts, scratch files).
+    """Remove what killed kiln processes left behind (containers, mounts, scratch files).
 
-    A session whose lock can be taken has no live owner: anything mounted below it is
+    A session whose lock can be taken has no live owner: its runtime containers (named
+    with :func:`container_prefix`) are killed and deleted, anything mounted below it is
     unmounted, then it is deleted. Returns how many sessions were swept.
     """
     swept = 0
@@ -107,6 +111,7 @@ def sweep_stale_sessions(tmp: Path) -> int:
         try:
             with open(lock_path, "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _delete_containers(_prefix_of(session.name))
                 _unmount_below(session)
                 shutil.rmtree(session, ignore_errors=True)
                 lock_path.unlink(missing_ok=True)
@@ -114,6 +119,35 @@ def sweep_stale_sessions(tmp: Path) -> int:
         except BlockingIOError:
             continue  # a live kiln process owns it
     return swept
+
+
+def container_prefix(tmp: Path) -> str:
+    """How this process's runtime containers are named (``kiln-<session>-…``), so that
+    the sweep of its session, once it is dead, finds them."""
+    return _prefix_of(_session_dir(tmp).name)
+
+
+def _prefix_of(session_name: str) -> str:
+    return "kiln-" + session_name.removeprefix("session-") + "-"
+
+
+def _delete_containers(prefix: str) -> None:
+    """``delete --force`` (kill, then remove) every container under :data:`RUNTIME_ROOT`
+    named *prefix*…, with the runtime whose state it is (runc: ``state.json``)."""
+    try:
+        names = sorted(e.name for e in RUNTIME_ROOT.iterdir() if e.name.startswith(prefix))
+    except OSError:
+        return
+    for name in names:
+        runtime = "runc" if (RUNTIME_ROOT / name / "state.json").exists() else "crun"
+        binary = shutil.which(runtime) or shutil.which(runtime, path="/usr/sbin:/sbin")
+        if binary is None:
+            continue
+        root = [binary, "--root", str(RUNTIME_ROOT)]
+        subprocess.run([*root, "delete", "--force", name], capture_output=True)
+        known = subprocess.run([*root, "state", name], capture_output=True).returncode == 0
+        if not known:  # a creation cut short (runc: no state.json yet): only a directory
+            shutil.rmtree(RUNTIME_ROOT / name, ignore_errors=True)
 
 
 def _unmount_below(path: Path) -> None:

@@ -1,8 +1,12 @@
 """Run one step in a container through an OCI runtime (runc, or crun).
 
-The runtime is given a generated bundle (``config.json``), its output is streamed line by
-line to the caller, and mount points the runtime had to create in the root filesystem are
-removed afterwards so they do not leak into the step's layer.
+The runtime is given a generated bundle (``config.json``) and the step's network
+(:mod:`kiln.executor.network`), its output is streamed line by line to the caller, and
+mount points the runtime had to create in the root filesystem are removed afterwards so
+they do not leak into the step's layer. Steps die with kiln: the runtime gets a
+parent-death signal, its container is killed by the watchdog
+(:mod:`kiln.executor.watchdog`) and, should that be gone too, by the next kiln's sweep
+(:func:`kiln.state.sweep_stale_sessions`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from pathlib import Path
 
 from kiln.errors import RuntimeFailure, StepFailedError
 from kiln.executor.base import OutputSink
+from kiln.executor.network import step_network
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.spec import RunSpec, runtime_spec
-from kiln.state import KilnRoot
+from kiln.executor.watchdog import Watchdog
+from kiln.state import RUNTIME_ROOT, KilnRoot, container_prefix
 
-_STATE_ROOT = "/run/kiln/runtime"
+_STATE_ROOT = str(RUNTIME_ROOT)
 TAIL_LINES = 12
 
 
@@ -47,50 +53,31 @@ class RuncExecutor:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._cancelled = False
+        self._watchdog: Watchdog | None = None
+        # the runtime dies with the thread of kiln that waits for it (setpriv, not a
+        # preexec_fn: kiln has threads); its container is the watchdog's
+        setpriv = shutil.which("setpriv")
+        self._launcher = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
     def run(self, spec: RunSpec, output: OutputSink, *, description: str) -> None:
         """Run *spec*; raise :class:`StepFailedError` with the output's tail on failure."""
         bundle = self.root.tempdir("bundle-")
-        container_id = "kiln-" + uuid.uuid4().hex[:16]
+        # named after this process's session: a later kiln sweeps it if this one is killed
+        container_id = container_prefix(self.root.tmp) + uuid.uuid4().hex[:12]
         stubs = _missing_mount_points(spec)
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         try:
-            (bundle / "config.json").write_text(json.dumps(runtime_spec(spec)))
-            cmd = [
-                self.runtime,
-                "--root",
-                _STATE_ROOT,
-                "run",
-                "--bundle",
-                str(bundle),
-                container_id,
-            ]
-            with self._lock:
-                self._running.add(container_id)
-            try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                )
-            except OSError as exc:
-                raise RuntimeFailure(f"cannot start {self.runtime}: {exc}") from exc
-            assert proc.stdout is not None
-            try:
-                for raw in proc.stdout:
-                    line = raw.decode("utf-8", "replace").rstrip("\n")
-                    tail.append(line)
-                    output(line)
-                code = proc.wait()
-            except BaseException:
-                self.kill(container_id)
-                proc.wait()
-                raise
+            with step_network(spec.network, bundle) as net:
+                config = runtime_spec(spec, netns=net.netns, etc_files=net.files)
+                (bundle / "config.json").write_text(json.dumps(config))
+                code = self._run_container(container_id, bundle, output, tail)
         finally:
             with self._lock:
                 self._running.discard(container_id)
             self._delete(container_id)
+            with self._lock:
+                if self._watchdog is not None:
+                    self._watchdog.release(container_id)
             shutil.rmtree(bundle, ignore_errors=True)
             _remove_stubs(spec.rootfs, stubs)
         if code != 0:
@@ -101,6 +88,37 @@ class RuncExecutor:
                 if tail
                 else f"{description} failed with no output",
             )
+
+    def _run_container(
+        self, container_id: str, bundle: Path, output: OutputSink, tail: deque[str]
+    ) -> int:
+        cmd = [*self._launcher, self.runtime, "--root", _STATE_ROOT, "run", "--bundle",
+               str(bundle), container_id]  # fmt: skip
+        with self._lock:
+            self._running.add(container_id)
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self.runtime, RUNTIME_ROOT)
+            self._watchdog.watch(container_id)
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot start {self.runtime}: {exc}") from exc
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                tail.append(line)
+                output(line)
+            return proc.wait()
+        except BaseException:
+            self.kill(container_id)
+            proc.wait()
+            raise
 
     def kill(self, container_id: str) -> None:
         subprocess.run(
@@ -121,10 +139,12 @@ class RuncExecutor:
             self.kill(cid)
 
     def _delete(self, container_id: str) -> None:
-        subprocess.run(
-            [self.runtime, "--root", _STATE_ROOT, "delete", "--force", container_id],
-            capture_output=True,
-        )
+        # ``run`` deletes the container when it ends: only what went wrong is left
+        if (RUNTIME_ROOT / container_id).exists():
+            subprocess.run(
+                [self.runtime, "--root", _STATE_ROOT, "delete", "--force", container_id],
+                capture_output=True,
+            )
 
 
 def _mount_destinations(spec: RunSpec) -> list[str]:

@@ -1,13 +1,16 @@
 """The OCI runtime spec (``config.json``) kiln generates for one RUN step.
 
-Matches what Docker/BuildKit give a build step: own mount, pid, ipc and uts namespaces
-(and network, for ``--network none``), /proc, /dev, /dev/shm, /sys read-only, the host's
-resolv.conf and hosts, Docker's default capability set and masked paths.
+Matches what Docker/BuildKit give a build step: own mount, pid, ipc, uts and network
+namespaces (the host's network only for ``--network host``), /proc, /dev, /dev/shm, /sys
+read-only (a sysfs of the step's own network and its cgroups, as Docker; the host's /sys
+with the host's network), the step's resolv.conf and hosts (see
+:mod:`kiln.executor.network`), Docker's default capability set and masked paths.
 """
 
 from __future__ import annotations
 
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,30 +76,28 @@ def base_mounts(network: str) -> list[dict[str, Any]]:
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
     ]  # fmt: skip
-    if network == "none":
-        mounts.append(
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]}
-        )  # fmt: skip
-    else:
-        # sysfs cannot be mounted fresh without a network namespace of our own
+    if network == "host":
+        # a fresh sysfs would show the network namespace of its mounter: the host's /sys
         mounts.append(
             {"destination": "/sys", "type": "bind", "source": "/sys",
              "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
         )  # fmt: skip
+    else:
+        mounts += [
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["ro", "nosuid", "noexec", "nodev"]},
+        ]  # fmt: skip
     return mounts
 
 
-def host_files() -> list[HostMount]:
-    out = []
-    for name in ("resolv.conf", "hosts"):
-        path = Path("/etc") / name
-        if path.exists():
-            out.append(HostMount(path, f"/etc/{name}", readonly=True))
-    return out
-
-
-def runtime_spec(run: RunSpec) -> dict[str, Any]:
+def runtime_spec(
+    run: RunSpec, *, netns: str | None = None, etc_files: Sequence[HostMount] = ()
+) -> dict[str, Any]:
+    """The ``config.json`` of *run*: with its own network namespace unless
+    ``run.network`` is ``host`` (the one at path *netns* when given, else a new empty
+    one), and *etc_files* (resolv.conf, hosts) bound before the step's own mounts."""
     mounts = base_mounts(run.network)
     for tmpfs in run.tmpfs:
         options = ["nosuid", "nodev", "mode=1777"]
@@ -106,7 +107,7 @@ def runtime_spec(run: RunSpec) -> dict[str, Any]:
             {"destination": tmpfs.destination, "type": "tmpfs", "source": "tmpfs",
              "options": options}
         )  # fmt: skip
-    for bind in run.binds:
+    for bind in [*etc_files, *run.binds]:
         options = ["rbind", "ro" if bind.readonly else "rw"]
         mounts.append(
             {"destination": bind.destination, "type": "bind", "source": str(bind.source),
@@ -115,8 +116,8 @@ def runtime_spec(run: RunSpec) -> dict[str, Any]:
     # Docker gives steps 1048576 open files; never more than this process may grant
     nofile = min(1048576, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if run.network == "none":
-        namespaces.append({"type": "network"})
+    if run.network != "host":
+        namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
     caps = list(DEFAULT_CAPABILITIES)
     user: dict[str, Any] = {"uid": run.identity.uid, "gid": run.identity.gid}
     if run.identity.additional_gids:

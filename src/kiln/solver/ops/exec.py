@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kiln.executor.base import Executor, OutputSink
 from kiln.executor.paths import resolve_in_root
-from kiln.executor.spec import HostMount, RunSpec, host_files
+from kiln.executor.spec import HostMount, RunSpec
 from kiln.executor.users import Identity, resolve_user
 from kiln.frontend.base import ExecOp
 from kiln.image import env_with
@@ -32,7 +32,6 @@ def run_exec(op: ExecOp, rootfs: Path, output: OutputSink, *, executor: Executor
         mkdir_p(rootfs, op.workdir, Identity(0, 0))
     env = env_with(op.env, op.proxy_env, replace=False)
     spec = RunSpec(rootfs, list(op.args), env, op.workdir, identity, op.network)
-    spec.binds.extend(host_files())
     with contextlib.ExitStack() as stack:
         folder = scratch("run-")
         stack.callback(shutil.rmtree, folder, True)
