@@ -140,6 +140,11 @@ class BlobStore:
                         raise CorruptBlobError(
                             f"{what} is larger than its {desc.size} bytes", digest=desc.digest
                         )
+                if sink.size != desc.size:  # checked before the digest: never stored
+                    raise CorruptBlobError(
+                        f"{what} has {sink.size} bytes, not the {desc.size} its descriptor says",
+                        digest=desc.digest,
+                    )
         except DigestMismatch as exc:
             raise CorruptBlobError(
                 f"{what} is corrupt (its bytes do not match its digest)",

@@ -81,6 +81,10 @@ def parse_directives(text: str) -> dict[str, str]:
 
 
 def parse_text(text: str, path: str) -> ParsedDockerfile:
+    if "\x00" in text:  # the parser reads C strings: it would silently stop there
+        nul_line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DockerfileError("the Dockerfile contains a NUL byte", path=path, line=nul_line,
+                              hint="remove it: a Dockerfile is text")  # fmt: skip
     directives = parse_directives(text)
     escape = directives.get("escape", "\\")
     if escape not in ("\\", "`"):

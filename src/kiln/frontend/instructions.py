@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from kiln import units
+from kiln.errors import ContextError
 from kiln.frontend.base import (
     BindMount,
     ContextSource,
@@ -35,6 +36,7 @@ from kiln.image import HistoryEntry, env_with
 
 Handler = Callable[[Planning, StageState, Instruction], None]
 
+MAX_ID = 2**32 - 2  # the largest uid/gid (uid_t, minus the -1 that means "unchanged")
 _HEREDOC_RE = re.compile(r"^<<(-?)(['\"]?)([A-Za-z0-9_]+)\2$")
 
 
@@ -282,7 +284,7 @@ def _run(p: Planning, st: StageState, ins: Instruction) -> None:
         )
         for m in flags.all("mount")
     )
-    mounts = tuple(_with_context_digest(p, m) for m in mounts)
+    mounts = tuple(_with_context_digest(p, m, ins.line) for m in mounts)
     files: tuple[tuple[str, str, int], ...] = ()
     if ins.json:
         args = list(ins.value)
@@ -318,13 +320,15 @@ def _run(p: Planning, st: StageState, ins: Instruction) -> None:
     _step(st, ins, op, f"RUN {prefix}{' '.join(args)} # buildkit")
 
 
-def _with_context_digest(p: Planning, mount: Mount) -> Mount:
+def _with_context_digest(p: Planning, mount: Mount, line: int) -> Mount:
     """A bind mount of the build context is keyed by the content it binds."""
     if isinstance(mount, BindMount) and mount.from_stage is None and mount.from_image is None:
         source = mount.source.lstrip("/") or "."
-        return dataclasses.replace(
-            mount, context_digest=p.context.digest([source], chown=None, chmod=None)
-        )
+        try:
+            digest = p.context.digest([source], chown=None, chmod=None)
+        except ContextError as exc:  # where it is written: the mount, the line
+            raise p.error(f"--mount {exc.what}", line, hint=exc.hint) from exc
+        return dataclasses.replace(mount, context_digest=digest)
     return mount
 
 
@@ -350,6 +354,9 @@ def _copy_or_add(p: Planning, st: StageState, ins: Instruction, *, add: bool) ->
     dest = p.workdir_join(st, written_dest)
     raw_srcs = values[:-1]
     chown = p.expand(flags.get("chown") or "", env, ins.line) or None
+    if chown is not None and any(part.isdigit() and int(part) > MAX_ID
+                                 for part in chown.split(":", 1)):  # fmt: skip
+        raise p.error(f"invalid --chown={chown}: an id is at most {MAX_ID}", ins.line)
     chmod = p.expand(flags.get("chmod") or "", env, ins.line) or None
     if chmod is not None and not re.fullmatch(r"[0-7]{3,4}", chmod):
         raise p.error(f"invalid --chmod={chmod}", ins.line, hint="use an octal mode like 0755")

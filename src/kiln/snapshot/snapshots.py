@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kiln.archive.whiteouts import OVERLAY_OPAQUE_XATTR, is_opaque_value
 from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError
 from kiln.oci import Layer, compression_of, digest_hex
@@ -119,15 +120,29 @@ class SnapshotStore:
         A layer that occurs more than once (two steps that made byte-identical layers, an
         image whose manifest repeats one) is listed once, at its top-most place: overlayfs
         refuses a repeated lowerdir, and the lower copy cannot show through the upper one,
-        which holds the same entries (whiteouts and opaque markers included)."""
+        which holds the same entries (whiteouts and opaque markers included). A layer whose
+        root is opaque ends the list: what lies below it is hidden, as when the layers are
+        applied one by one."""
         missing = {layer.diff_id: layer for layer in chain if not self.exists(layer.diff_id)}
         if len(missing) > 1:
             with ThreadPoolExecutor(max_workers=min(4, len(missing))) as pool:
                 list(pool.map(lambda layer: self.ensure(layer, fetch), missing.values()))
         for layer in chain:
             self.ensure(layer, fetch)
-        names = [self.link_name(layer.diff_id) for layer in reversed(chain)]
+        names: list[str] = []
+        for layer in reversed(chain):
+            names.append(self.link_name(layer.diff_id))
+            if self._opaque_root(layer.diff_id):
+                break  # it hides every layer below (overlayfs ignores a lowerdir root's mark)
         return list(dict.fromkeys(names))  # the first (top-most) place of each
+
+    def _opaque_root(self, diff_id: str) -> bool:
+        """Whether the layer's root carries the opaque mark (``/.wh..wh..opq``)."""
+        try:
+            value = os.getxattr(self.path(diff_id), OVERLAY_OPAQUE_XATTR, follow_symlinks=False)
+        except OSError:
+            return False
+        return is_opaque_value(value)
 
     @contextlib.contextmanager
     def mounted(

@@ -140,7 +140,7 @@ class BuildContext:
             if part == "..":
                 if not parts:
                     raise ContextError(
-                        f'COPY source outside the build context: "{source}"',
+                        f'source "{source}" is outside the build context',
                         hint="sources are relative to the build context; "
                         "move the file into it or use a larger context",
                     )

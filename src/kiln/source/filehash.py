@@ -54,10 +54,13 @@ class FileHasher:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise ContextError(f'"{spath}" changed while it was read')
-            if before.st_size <= _SMALL_FILE:  # one read: no per-file 256 KiB buffer
-                digest = hashlib.sha256(os.read(fd, _SMALL_FILE + 1)).hexdigest()
-            else:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            try:
+                if before.st_size <= _SMALL_FILE:  # one read: no per-file 256 KiB buffer
+                    digest = hashlib.sha256(os.read(fd, _SMALL_FILE + 1)).hexdigest()
+                else:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError as exc:  # an I/O error, a file that cannot be read: name it
+                raise ContextError(f'cannot read "{spath}"', why=exc.strerror) from exc
             after = os.fstat(fd)
         key = _key(before)
         changed = max(after.st_mtime_ns, after.st_ctime_ns)

@@ -143,13 +143,6 @@ def test_whiteouts_of_the_root_or_dot_dot_delete_nothing(kiln, api, tmp_path, na
     assert (applied / "top").read_text() == "top\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an opaque marker at a layer's root (/.wh..wh..opq) hides the lower layers "
-    "in the image kiln exports (applied view) but not from its steps: kiln sets "
-    "trusted.overlay.opaque on the lowerdir's root, which overlayfs ignores, so RUN and "
-    "COPY --from see /etc/keep and /top that the image does not have",
-)
 def test_an_opaque_root_hides_the_lower_layers_in_both_views(kiln, api, tmp_path):
     upper = [member(".wh..wh..opq"), member("new", "new\n")]
     ref = push_image(api, repo(), [gz(layer(LOWER)), gz(layer(upper))])
@@ -290,13 +283,6 @@ def test_a_descriptor_smaller_than_its_blob_is_refused(kiln, api, tmp_path):
     both_refused(kiln, ref, tmp_path, "larger than its 10 bytes")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a base layer whose descriptor claims more bytes than the blob has (1 TiB "
-    "for ~130 B) is accepted (BlobStore.ingest checks only 'larger than') and the false "
-    "size is copied into every image kiln writes: the OCI archive's manifest then lists "
-    "a size its blob does not have, which containerd refuses",
-)
 def test_a_descriptor_larger_than_its_blob_never_reaches_an_output(
     kiln, api: RegistryAPI, tmp_path
 ):

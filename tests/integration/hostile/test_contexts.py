@@ -105,12 +105,6 @@ def unreadable(path: Path) -> Iterator[None]:
         subprocess.run(["umount", str(path)], check=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a context file that cannot be read (EIO) is an internal error "
-    "('OSError: [Errno 5] Input/output error', exit 70, no file named) instead of a "
-    "context error naming the file: FileHasher.sha256 translates only the open() failure",
-)
 def test_an_unreadable_file_is_a_context_error_naming_it(kiln, busybox_image, tmp_path: Path):
     ctx = make_context(tmp_path / "ctx", f"FROM {busybox_image}\nCOPY . /src\n")
     with unreadable(ctx / "unreadable"):
@@ -219,14 +213,6 @@ def test_a_deep_tree_is_copied_whole(kiln, busybox_image, tmp_path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: COPY of a deep directory is cubic in its depth: the destination of every "
-    "entry is resolved from the root one component at a time, each a Path.joinpath of the "
-    "whole prefix (executor.paths.resolve_in_root via solver/ops/file._host_path); 400 "
-    "levels take ~10 s, 600 about 30 s",
-    raises=subprocess.TimeoutExpired,
-)
 def test_a_very_deep_tree_is_copied_in_bounded_time(
     kiln, busybox_image, kiln_root: Path, tmp_path: Path
 ):

@@ -131,12 +131,7 @@ def test_secrets_appear_in_no_error_even_with_debug(
     "signum",
     [
         signal.SIGINT,
-        pytest.param(signal.SIGTERM, marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: an env= secret is copied to $TMPDIR/kiln-secret-*/value and removed "
-            "only by an atexit handler; kiln installs no SIGTERM handler, so a build "
-            "terminated by SIGTERM (a cancelled CI job) leaves the secret's value on disk",
-        )),
+        signal.SIGTERM,
     ],
     ids=["SIGINT", "SIGTERM"],
 )  # fmt: skip

@@ -104,13 +104,6 @@ def local(kiln, busybox_image: str, tmp_path: Path) -> tuple[Build, LocalCache]:
                        f"type=local,dest={cache.root},mode=max"), cache  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a record's layer is trusted without its chain: two records whose layers "
-    "are swapped (RUN one → two's layer, RUN two → one's layer; the parent links in the "
-    "config then contradict the records' inputs) are full hits, and the image gets "
-    "/f=one where a build without cache gives two",
-)
 def test_swapped_records_are_never_a_hit(kiln, local):
     build, cache = local
     config, manifest = cache.config(), cache.manifest()

@@ -89,7 +89,7 @@ def test_missing_source_is_an_error_naming_it(ctx: Path) -> None:
 def test_source_outside_the_context(ctx: Path) -> None:
     bc = _ctx(ctx)
     for bad in ("../outside", "src/../../x", "/../a.txt"):
-        with pytest.raises(ContextError, match="COPY source outside the build context") as info:
+        with pytest.raises(ContextError, match="is outside the build context") as info:
             bc.select([bad])
         assert bad in str(info.value)
     assert _names(bc.select(["src/../a.txt"])) == ["a.txt"]

@@ -160,7 +160,9 @@ def _parse_config(
     if not isinstance(layers_raw, list) or not isinstance(records_raw, list):
         raise CacheFormatError("layers and records must be lists")
     layers: list[Layer | None] = [_layer(item, blobs) for item in layers_raw]
-    return _records(records_raw, layers)
+    parents = [_parent(item) for item in layers_raw]
+    # a step's layer names the layer of the step before it as its parent (exactly)
+    return _records(records_raw, layers, lambda index, below: parents[index] == below)
 
 
 def parse_inline(value: str, image_layers: Sequence[Layer]) -> dict[str, StepRecord]:
@@ -172,9 +174,18 @@ def parse_inline(value: str, image_layers: Sequence[Layer]) -> dict[str, StepRec
     if not isinstance(records_raw, list):
         raise CacheFormatError("records must be a list")
     try:
-        return _records(records_raw, list(image_layers))
+        # image layers are in order: a step's layer lies above the one before it
+        return _records(records_raw, list(image_layers), lambda index, below: index > below)
     except MALFORMED as exc:
         raise CacheFormatError(f"malformed inline cache: {exc}") from exc
+
+
+def _parent(item: Any) -> int:
+    """A layer entry's parent index: -1 for none; omitted means 0 (Go's omitempty)."""
+    try:
+        return int(item.get("parent", 0))
+    except (TypeError, ValueError, AttributeError):
+        return -2  # not an index: nothing follows it
 
 
 def _layer(item: Any, blobs: Mapping[str, Layer] | None) -> Layer | None:
@@ -201,31 +212,70 @@ def _layer(item: Any, blobs: Mapping[str, Layer] | None) -> Layer | None:
     return Layer(Descriptor(media, digest, size), diff_id)
 
 
-def _records(records_raw: list[Any], layers: Sequence[Layer | None]) -> dict[str, StepRecord]:
+ChainCheck = Callable[[int, int], bool]
+"""Whether layer *index* may follow layer *parent* (-1: none) in a step chain."""
+
+
+def _records(records_raw: list[Any], layers: Sequence[Layer | None], follows: ChainCheck
+             ) -> dict[str, StepRecord]:  # fmt: skip
+    """Records by key. A record whose layer does not follow the layer of the step before
+    it (by its ``inputs`` link) contradicts the chain it claims and is left out: records
+    whose layers were swapped are not hits."""
+    parsed = [_record(item, layers) for item in records_raw]
+    links = [_link(item, len(parsed)) for item in records_raw]
+
+    def below(index: int | None, seen: frozenset[int] = frozenset()) -> int:
+        """The layer index of the nearest record at or before *index* that has one."""
+        while index is not None and index not in seen:
+            seen = seen | {index}
+            entry = parsed[index]
+            if entry is not None and entry[2] is not None:
+                return entry[2]
+            index = links[index]
+        return -1
+
     out: dict[str, StepRecord] = {}
-    for item in records_raw:
-        if not isinstance(item, dict) or not is_digest(str(item.get("digest", ""))):
+    for n, entry in enumerate(parsed):
+        if entry is None:
             continue
-        results = item.get("layers") or []
-        if not isinstance(results, list):
+        key, record, layer_index = entry
+        if layer_index is not None and not follows(layer_index, below(links[n])):
             continue
-        inputs = item.get(INPUTS_KEY)
-        if not (isinstance(inputs, str) and is_digest(inputs)):
-            inputs = None  # absent, or not something kiln wrote: the content key is unknown
-        if not results:
-            out[str(item["digest"])] = StepRecord(None, "", inputs)
-            continue
-        result = results[0]
-        if not isinstance(result, dict):
-            continue
-        try:
-            index = int(result.get("layer", -1))
-        except (TypeError, ValueError):
-            continue
-        if not 0 <= index < len(layers):
-            continue
-        layer = layers[index]
-        if layer is None:
-            continue
-        out[str(item["digest"])] = StepRecord(layer, str(result.get("createdAt") or ""), inputs)
+        out[key] = record
     return out
+
+
+def _link(item: Any, count: int) -> int | None:
+    """The record the step's first input links to (the step before it), if any."""
+    try:
+        link = int(item["inputs"][0][0]["link"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return link if 0 <= link < count else None
+
+
+def _record(item: Any, layers: Sequence[Layer | None]) -> tuple[str, StepRecord, int | None] | None:
+    if not isinstance(item, dict) or not is_digest(str(item.get("digest", ""))):
+        return None
+    key = str(item["digest"])
+    results = item.get("layers") or []
+    if not isinstance(results, list):
+        return None
+    inputs = item.get(INPUTS_KEY)
+    if not (isinstance(inputs, str) and is_digest(inputs)):
+        inputs = None  # absent, or not something kiln wrote: the content key is unknown
+    if not results:
+        return key, StepRecord(None, "", inputs), None
+    result = results[0]
+    if not isinstance(result, dict):
+        return None
+    try:
+        index = int(result.get("layer", -1))
+    except (TypeError, ValueError):
+        return None
+    if not 0 <= index < len(layers):
+        return None
+    layer = layers[index]
+    if layer is None:
+        return None
+    return key, StepRecord(layer, str(result.get("createdAt") or ""), inputs), index

@@ -125,17 +125,21 @@ def _copy_entries(
     dirs: list[tuple[Path, ContextEntry]] = []
     # files hard-linked to each other in the source stay linked in the copy (BuildKit)
     linked: dict[tuple[int, int], Path] = {}
+    # directories this copy placed (real directories inside the root, never symlinks):
+    # an entry below one goes straight into it, without resolving its whole path again
+    # from the root (which made deep trees cost the cube of their depth)
+    placed: dict[str, Path] = {}
     base = target_root.rstrip("/")
     for entry in entries:
         if skip_root and not entry.rel:
             continue
-        container_path = f"{base}/{entry.rel}" if entry.rel else (base or "/")
-        target = _host_path(rootfs, container_path, is_dir=entry.kind == "dir")
+        target = _target(rootfs, base, entry, placed)
         st = os.lstat(entry.abs_path)
         if entry.kind == "dir":
             if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
                 target.unlink()
             target.mkdir(exist_ok=True)
+            placed[entry.rel] = target
             dirs.append((target, entry))
         else:
             _replace(target)
@@ -154,6 +158,17 @@ def _copy_entries(
     for target, entry in reversed(dirs):
         st = os.stat(entry.abs_path)
         os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _target(rootfs: Path, base: str, entry: ContextEntry, placed: dict[str, Path]) -> Path:
+    parent_rel, _, name = entry.rel.rpartition("/")
+    parent = placed.get(parent_rel) if entry.rel else None
+    if parent is not None:
+        candidate = parent / name
+        if entry.kind != "dir" or not candidate.is_symlink():
+            return candidate  # a symlinked directory is followed, inside the root, below
+    container_path = f"{base}/{entry.rel}" if entry.rel else (base or "/")
+    return _host_path(rootfs, container_path, is_dir=entry.kind == "dir")
 
 
 def _replace(target: Path) -> None:
