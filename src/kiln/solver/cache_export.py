@@ -77,7 +77,7 @@ def _stage_entries(result: BuildResult, index: int, lookup: Lookup,
         if record is None:  # not cached anywhere: neither it nor what follows is known
             content_parent = parent = key
             continue
-        content_key = content_step_key(content_parent, step.op, key, result.keys,
+        content_key = content_step_key(content_parent, parent, step.op, key, result.keys,
                                        result.source_date_epoch, record.inputs)  # fmt: skip
         entries.append(CacheEntry(key, parent, record.layer, record.created, record.inputs))
         if content_key != key:

@@ -91,15 +91,19 @@ def step_key(parent: str, op: Op, keys: dict[int, StageKeys], source_date_epoch:
     return digest_of(fields)
 
 
-def content_step_key(parent: str, op: Op, plan_key: str, keys: dict[int, StageKeys],
-                     source_date_epoch: int | None, inputs: str | None) -> str:  # fmt: skip
-    """The content key of a step, *parent* being the content key before it. A step that
-    reads other stages needs *inputs*; without them (a record from before content keys)
-    the chain follows the plan key from here on."""
+def content_step_key(parent: str, plan_parent: str, op: Op, plan_key: str,
+                     keys: dict[int, StageKeys], source_date_epoch: int | None,
+                     inputs: str | None) -> str:  # fmt: skip
+    """The content key of a step, *parent* being the content key before it (and
+    *plan_parent* the plan key before it). A step that reads other stages needs *inputs*;
+    without them (a record from before content keys) the chain follows the plan key from
+    here on. Until the chains part, the content key is the plan key (not computed again)."""
     if reads_stages(op):
         if inputs is None:
             return plan_key
         return step_key(parent, op, keys, source_date_epoch, inputs)
+    if parent == plan_parent:
+        return plan_key
     return step_key(parent, op, keys, source_date_epoch)
 
 

@@ -145,8 +145,10 @@ class Solver:
             for dep in step.depends_on():
                 self._stage_future(dep)  # start what the missing steps will read, in parallel
         step_results: list[StepResult] = []
+        plan_parent = keys.base
         for step, key, hit in zip(stage.steps, keys.steps, hits, strict=True):
-            content_key, inputs, hit = self._by_content(step, key, hit, content_parent)
+            content_key, inputs, hit = self._by_content(step, key, hit, content_parent,
+                                                        plan_parent)  # fmt: skip
             record = self._run_or_reuse(step, key, content_key, inputs, hit, chain)
             if record.layer is not None:
                 chain.append(record.layer)
@@ -154,13 +156,13 @@ class Solver:
             history.empty_layer = record.layer is None
             history.created = record.created or None
             step_results.append(StepResult(key, content_key, record))
-            content_parent = content_key
+            content_parent, plan_parent = content_key, key
         _fill_history_times(config, self._build_time)
         config.diff_ids = [layer.diff_id for layer in chain]
         return StageResult(index, keys.final, chain, config, step_results, content_parent)
 
-    def _by_content(self, step: Step, key: str, hit: CacheHit | None, parent: str
-                    ) -> tuple[str, str | None, CacheHit | None]:  # fmt: skip
+    def _by_content(self, step: Step, key: str, hit: CacheHit | None, parent: str,
+                    plan_parent: str) -> tuple[str, str | None, CacheHit | None]:  # fmt: skip
         """The step's content key, what it read from other stages (if it does) and its
         hit: when the plan key missed, the content key may still hit (a stage that
         reran but made the same files). Only then are the stages it reads built."""
@@ -170,7 +172,8 @@ class Solver:
                 self._stage_result(dep)
             inputs = self.runner.input_digest(step)
         epoch = self.options.source_date_epoch
-        content_key = content_step_key(parent, step.op, key, self.keys, epoch, inputs)
+        content_key = content_step_key(parent, plan_parent, step.op, key, self.keys, epoch,
+                                       inputs)  # fmt: skip
         if hit is None and content_key != key:
             hit = self.lookup(content_key)
         return content_key, inputs, hit

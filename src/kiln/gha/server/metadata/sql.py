@@ -124,7 +124,8 @@ class SqlMetadata(MetadataStore):
         )
         return cur.rowcount == 1
 
-    def _insert_pending(
+    # --- reservations and uploads ------------------------------------------------------
+    def reserve(
         self,
         scope: str,
         key: str,
@@ -144,18 +145,6 @@ class SqlMetadata(MetadataStore):
                 raise AlreadyExists(f"{scope} {key} {version}") from exc
             raise
         return entry_from_row(row)
-
-    # --- reservations and uploads ------------------------------------------------------
-    def reserve(
-        self,
-        scope: str,
-        key: str,
-        version: str,
-        blob: str,
-        declared_size: int | None,
-        now: float,
-    ) -> Entry:
-        return self._insert_pending(scope, key, version, blob, declared_size, now)
 
     def take_over(
         self,
@@ -177,7 +166,7 @@ class SqlMetadata(MetadataStore):
                 f" AND state = ? AND last_access < ? RETURNING {COLUMNS}",
                 (scope, key, version, PENDING, idle_before),
             )
-            entry = self._insert_pending(scope, key, version, blob, declared_size, now)
+            entry = self.reserve(scope, key, version, blob, declared_size, now)
         return entry, replaced
 
     def note_activity(self, entry_id: int, now: float) -> bool:
