@@ -26,6 +26,7 @@ from typing import IO, Protocol
 
 from kiln.errors import CorruptBlobError, KilnError
 from kiln.oci import Descriptor, digest_hex, is_digest
+from kiln.state import write_atomic
 
 CHUNK = 1 << 20
 
@@ -96,16 +97,7 @@ class BlobStore:
     def record_diff_id(self, digest: str, diff_id: str) -> None:
         """Remember the diff ID of *digest*, computed from its bytes (atomic: a crash
         leaves the old record or none, which only costs a recomputation)."""
-        self._diff_ids.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".diffid-", dir=self._diff_ids)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(diff_id)
-            os.replace(tmp, self._diff_ids / digest_hex(digest))
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self._diff_ids / digest_hex(digest), diff_id.encode())
 
     @contextmanager
     def writer(self, expected: str | None = None) -> Iterator[BlobWriter]:
@@ -229,7 +221,7 @@ class BlobLocator:
         if not self.store.has(desc.digest):
             self._download(desc)
         if check:
-            self.check_claims(desc)
+            self._check_claims(desc)
 
     def _download(self, desc: Descriptor) -> None:
         providers = self.providers(desc.digest)
@@ -248,17 +240,15 @@ class BlobLocator:
         assert first is not None
         raise first
 
-    def check_claims(self, desc: Descriptor, actual: str | None = None) -> None:
+    def _check_claims(self, desc: Descriptor) -> None:
         """Raise :class:`CorruptBlobError` when a source claimed another diff ID for the
-        stored blob *desc* than its bytes have (*actual*, when the caller computed it)."""
+        stored blob *desc* than its bytes have."""
         with self._lock:
             claimed = {diff_id for diff_id, _ in self._claims.get(desc.digest, [])}
-        if not claimed or (actual is None and self._diff_id_of is None):
+        if not claimed or self._diff_id_of is None:
             return
+        actual = self.store.diff_id(desc.digest)
         if actual is None:
-            actual = self.store.diff_id(desc.digest)
-        if actual is None:
-            assert self._diff_id_of is not None
             actual = self._diff_id_of(self.store.path(desc.digest), desc.media_type)
             self.store.record_diff_id(desc.digest, actual)
         wrong = sorted(claimed - {actual})

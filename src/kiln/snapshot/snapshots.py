@@ -18,10 +18,9 @@ from pathlib import Path
 
 from kiln.archive.whiteouts import OVERLAY_OPAQUE_XATTR, is_opaque_value
 from kiln.content import BlobStore
-from kiln.errors import CorruptBlobError
-from kiln.oci import Layer, compression_of, digest_hex
+from kiln.oci import Layer, digest_hex
 from kiln.snapshot.overlay import EMPTY, mount_overlay, unmount
-from kiln.snapshot.unpack import unpack_layer
+from kiln.snapshot.unpack import unpack_stored
 from kiln.state import KilnRoot
 
 # fetches a layer's blob into the blob store (from a registry or a remote cache); the
@@ -86,16 +85,7 @@ class SnapshotStore:
                 fetch(layer)
             tmp = self.kiln_root.tempdir("unpack-")
             try:
-                with self.blobs.path(layer.digest).open("rb") as fh:
-                    diff_id = unpack_layer(fh, compression_of(layer.blob.media_type), tmp)
-                if diff_id != layer.diff_id:
-                    self.blobs.remove(layer.digest)  # corrupt: fetched again next time
-                    raise CorruptBlobError(
-                        f"layer {layer.digest} does not match its diff ID",
-                        digest=layer.digest,
-                        why=f"expected {layer.diff_id}, got {diff_id}",
-                    )
-                self.blobs.record_diff_id(layer.digest, diff_id)
+                unpack_stored(self.blobs, layer, tmp)
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

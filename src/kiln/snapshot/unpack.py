@@ -57,7 +57,9 @@ from kiln.archive.whiteouts import (
     make_overlay_whiteout,
     mark_opaque,
 )
-from kiln.errors import KilnError, RuntimeFailure
+from kiln.content import BlobStore
+from kiln.errors import CorruptBlobError, KilnError, RuntimeFailure
+from kiln.oci import Layer, compression_of
 
 Mode = Literal["overlay", "apply", "extract"]
 
@@ -76,6 +78,23 @@ class _Unsafe(Exception):
     def __init__(self, why: str, hint: str = _CRAFTED) -> None:
         super().__init__(why)
         self.hint = hint
+
+
+def unpack_stored(store: BlobStore, layer: Layer, dest: Path, *, mode: Mode = "overlay") -> None:
+    """Extract *layer*'s blob from *store* into *dest*, verifying it is the layer it is
+    said to be: its diff ID is computed on the way and remembered by the store; a blob
+    whose diff ID differs is removed and a :class:`CorruptBlobError` (a miss for a cached
+    step, never a wrong result)."""
+    with store.path(layer.digest).open("rb") as fh:
+        diff_id = unpack_layer(fh, compression_of(layer.blob.media_type), dest, mode=mode)
+    if diff_id != layer.diff_id:
+        store.remove(layer.digest)  # fetched again next time
+        raise CorruptBlobError(
+            f"layer {layer.digest} is not the layer its image says",
+            digest=layer.digest,
+            why=f"its diff ID is {diff_id}, not {layer.diff_id}",
+        )
+    store.record_diff_id(layer.digest, diff_id)
 
 
 def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "overlay") -> str:

@@ -108,7 +108,7 @@ class UrlFetcher:
         try:
             base.mkdir(parents=True, exist_ok=True)
             with _locked(base):
-                meta = self._fetch(sender, base, url, checksum)
+                meta = self._fetch(sender, base, url, shown, checksum)
                 _remove_all_but(base, digest_hex(meta["digest"]))
         except OSError as exc:
             raise KilnError(f"cannot store the download of {shown}: {exc}") from exc
@@ -116,8 +116,9 @@ class UrlFetcher:
             sender.close()
         return _source_digest(meta)
 
-    def _fetch(self, sender: Sender, base: Path, url: str, checksum: str | None) -> dict[str, Any]:
-        shown = redact(url)  # no credential or signed query in a message
+    def _fetch(self, sender: Sender, base: Path, url: str, shown: str, checksum: str | None
+               ) -> dict[str, Any]:  # fmt: skip
+        """*shown*: the URL as messages show it (redacted)."""
         kept = _read_meta(base)
         headers = {"If-None-Match": str(kept["etag"])} if kept and kept.get("etag") else {}
         budget = sender.policy.budget()
@@ -135,11 +136,11 @@ class UrlFetcher:
                 ) from None
             try:
                 if response.status_code == 304 and kept is not None and headers:
-                    _check(url, checksum, kept["digest"])
+                    _check(shown, checksum, kept["digest"])
                     return kept
                 if not 200 <= response.status_code < 300:
                     raise KilnError(f"cannot download {shown}: HTTP {response.status_code}")
-                return _receive(response, base, url, checksum)
+                return _receive(response, base, shown, checksum)
             except DROPPED as exc:
                 if not budget.pause():
                     raise KilnError(f"cannot download {shown}: {exc}") from exc
@@ -150,7 +151,7 @@ class UrlFetcher:
 
 
 def _receive(
-    response: httpx.Response, base: Path, url: str, checksum: str | None
+    response: httpx.Response, base: Path, shown: str, checksum: str | None
 ) -> dict[str, Any]:
     """Store *response*'s body as the new download of its URL and commit it."""
     staged, h = base / STAGED, hashlib.sha256()
@@ -160,7 +161,7 @@ def _receive(
             fh.write(chunk)
     digest = "sha256:" + h.hexdigest()
     try:
-        _check(url, checksum, digest)
+        _check(shown, checksum, digest)
     except KilnError:
         staged.unlink()
         raise
@@ -178,8 +179,7 @@ def _receive(
     return meta
 
 
-def _check(url: str, checksum: str | None, digest: str) -> None:
-    shown = redact(url)  # no credential or signed query in a message
+def _check(shown: str, checksum: str | None, digest: str) -> None:
     if checksum and checksum != digest:
         raise KilnError(f"checksum mismatch for {shown}", why=f"expected {checksum}, got {digest}")
 

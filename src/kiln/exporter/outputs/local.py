@@ -23,10 +23,10 @@ from pathlib import Path
 
 from kiln.attrs import Attrs
 from kiln.content import BlobLocator
-from kiln.errors import CorruptBlobError, KilnError, UsageError
+from kiln.errors import KilnError, UsageError
 from kiln.exporter.base import ExportContext, Exporter
-from kiln.oci import Layer, compression_of
-from kiln.snapshot.unpack import unpack_layer
+from kiln.oci import Layer
+from kiln.snapshot.unpack import unpack_stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +73,8 @@ def write_rootfs(layers: list[Layer], dest: Path, locator: BlobLocator, scratch:
     tree.mkdir()
     try:
         for layer in layers:
-            locator.fetch(layer.blob, check=False)  # applying it computes its diff ID
-            with locator.store.path(layer.digest).open("rb") as fh:
-                diff_id = unpack_layer(fh, compression_of(layer.blob.media_type), tree,
-                                       mode="apply")  # fmt: skip
-            if diff_id != layer.diff_id:  # a mislabelled (cached) layer: never written out
-                raise CorruptBlobError(
-                    f"layer {layer.digest} is not the layer its image says",
-                    digest=layer.digest,
-                    why=f"its diff ID is {diff_id}, not {layer.diff_id}",
-                )
+            locator.fetch(layer.blob, check=False)  # applying it verifies its diff ID
+            unpack_stored(locator.store, layer, tree, mode="apply")
         if not devices:
             _drop_devices(tree)
         dest.mkdir(parents=True, exist_ok=True)
