@@ -18,9 +18,10 @@ from kiln.cache.backends.gha import GhaBackend, default_scope
 from kiln.cache.backends.inline import InlineBackend
 from kiln.cache.backends.local import LocalBackend
 from kiln.cache.backends.registry import RegistryBackend
+from kiln.cache.mounts.store import MountStore
 from kiln.cache.remote.base import CacheContext, CacheType, ExportFlag, ImportFlag
 from kiln.cache.remote.session import RemoteCaches
-from kiln.cache.store import LocalCache
+from kiln.cache.store import LocalCache, now_rfc3339
 from kiln.content import BlobLocator, BlobStore
 from kiln.errors import BlobUnavailableError
 from kiln.executor.runc import RuncExecutor
@@ -38,7 +39,7 @@ from kiln.oci import Platform, host_platform
 from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import DockerConfig
 from kiln.snapshot.snapshots import SnapshotStore
-from kiln.solver.cache_export import ExportSelection
+from kiln.solver.cache_export import ExportSelection, MountSelection
 from kiln.solver.solver import Solver
 from kiln.solver.types import BuildResult, Progress, SolveOptions, StepReport
 from kiln.source.context import open_context
@@ -129,6 +130,18 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         remote = caches.load()
         snapshots = SnapshotStore(root, blobs)
         local = LocalCache(root.cache_keys, blobs)
+        cache_mounts = MountStore(
+            root,
+            blobs,
+            locator,
+            platform=str(platform),
+            now=lambda: now_rfc3339(options.source_date_epoch),
+            source=caches,
+            message=progress.message,
+            warn=warn,
+            secrets=[Path(path) for _id, path in options.secrets],
+        )
+        stack.callback(cache_mounts.close)
         solve_options = SolveOptions(
             no_cache=options.no_cache,
             compression=options.compression,
@@ -139,7 +152,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         ran: dict[str, StepReport] = {}  # steps run by earlier passes, reported as run
         while True:  # each pass forgets at least one corrupt cached blob, so this ends
             solver = Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
-                            progress, solve_options, remote, ran)  # fmt: skip
+                            progress, solve_options, cache_mounts, remote, ran)  # fmt: skip
             try:
                 result = solver.solve(plan)
                 selection = ExportSelection(result, solver.lookup)
@@ -149,7 +162,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 art = images.get(default_oci_mediatypes(options.outputs))
                 export_ctx = ExportContext(images, client, locator, progress.message, root.tempdir)
                 pushed = [ref for output in options.outputs for ref in output.export(export_ctx)]
-                caches.export(selection)
+                caches.export(selection, MountSelection(plan, cache_mounts))
                 break
             except BlobUnavailableError as exc:
                 # a cached result whose blob is corrupt or gone is never used: forget it
@@ -161,5 +174,6 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 progress.message(f"WARNING: {exc.what}; running its step instead")
     outcome = BuildOutcome(result, art, pushed, stats)
     if options.metadata_file is not None:
-        write_metadata(options.metadata_file, metadata(art, pushed, result.reports, stats))
+        write_metadata(options.metadata_file, metadata(art, pushed, result.reports, stats,
+                                                       cache_mounts.reports()))  # fmt: skip
     return outcome

@@ -46,3 +46,13 @@ def parse_duration(text: str) -> float:
     if not stripped or pos != len(stripped):
         raise ValueError(f"invalid duration {text!r}: use values like 45s, 10m, 1m30s or 7d")
     return total
+
+
+def format_size(n: int) -> str:
+    """``1234567`` → ``1.2 MB`` (SI, as the sizes users write)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")

@@ -1,12 +1,16 @@
-"""What a cache holds and hands out: step records, and hits with their source.
+"""What a cache holds and hands out: step records, hits with their source, cache mounts.
 
 A :class:`StepRecord` is a step's result (the layer it made, or none, and when it was
 created); a :class:`CacheHit` is a record found under a key, with where it came from. The
 solver looks keys up through :class:`CacheLookup` (the local store, imported caches).
+A :class:`MountRecord` is the exported content of one ``RUN --mount=type=cache``
+directory (:class:`MountIdentity`) as a chain of layer blobs, base first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -73,3 +77,59 @@ class CacheEntry:
     layer: Layer | None
     created: str
     inputs: str | None = None  # see StepRecord.inputs
+
+
+@dataclass(frozen=True, slots=True)
+class MountIdentity:
+    """What makes two cache mounts the same directory: the ``id`` (default: the target),
+    owner and mode of its root, and the platform it is built for (an arm64 Go build cache
+    is never an amd64 one). Its content is never part of any step key."""
+
+    id: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o755
+    platform: str = ""
+
+    @property
+    def name(self) -> str:
+        """A file name for the identity (a digest: ids are arbitrary text)."""
+        text = json.dumps([self.id, self.uid, self.gid, self.mode, self.platform])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def describe(self) -> str:
+        extra = [f"uid={self.uid}"] if self.uid else []
+        extra += [f"gid={self.gid}"] if self.gid else []
+        extra += [f"mode={self.mode:o}"] if self.mode != 0o755 else []
+        return " ".join([self.id, *extra])
+
+
+@dataclass(frozen=True, slots=True)
+class MountLayer:
+    """One blob of a mount's chain and the bytes of file content it holds (to decide when
+    the chain is worth compacting)."""
+
+    layer: Layer
+    content: int
+
+
+@dataclass(frozen=True, slots=True)
+class MountRecord:
+    """A cache mount's content as exported: apply ``layers`` in order onto an empty
+    directory owned and moded as the identity says."""
+
+    identity: MountIdentity
+    layers: tuple[MountLayer, ...]
+    size: int  # bytes of file content in the directory when it was exported
+    updated: str  # RFC 3339
+
+    @property
+    def blob_bytes(self) -> int:
+        return sum(m.layer.blob.size for m in self.layers)
+
+
+class MountSource(Protocol):
+    """Imported cache mounts by identity name: the record and where it comes from; the
+    record's blobs become fetchable through the build's blob locator."""
+
+    def mount(self, name: str) -> tuple[MountRecord, str] | None: ...

@@ -17,13 +17,17 @@ bytes, a directory before its contents) and written as a deterministic tar:
 The tar bytes go through a SHA-256 (the diff ID), the compressor and the blob store's
 writer (which hashes the compressed bytes) in bounded chunks: memory does not grow with the
 size of the layer.
+
+:func:`write_tree` writes a plain directory the same way (a cache mount's content, or the
+changes to it: the entries a filter accepts, whiteouts for deleted paths); there a device
+0/0 is a device and no overlay attribute means anything.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from kiln.archive.compress import check_compression, compressor
@@ -90,35 +94,76 @@ def write_layer(
     :class:`kiln.errors.RuntimeFailure` when the upper dir cannot be read.
     """
     check_compression(compression, level)
-    media_type = layer_media_type(compression, oci=oci_media_types)
     root = os.fspath(upper)
     try:
         with os.scandir(root) as it:
             if next(it, None) is None:
                 return None
+    except OSError as exc:
+        why = f"{exc.strerror or exc}: {exc.filename or root}"
+        raise RuntimeFailure(f"cannot turn {root} into a layer", why=why) from exc
+    written = _write(_TreeWriter(root, source_date_epoch), store, compression, level,
+                     oci_media_types)  # fmt: skip
+    return written[0]
+
+
+def write_tree(
+    root: Path,
+    store: BlobStore,
+    *,
+    include: Callable[[str], bool] | None = None,
+    deleted: Sequence[str] = (),
+    compression: str = "zstd",
+    level: int | None = None,
+) -> tuple[Layer, int]:
+    """The plain directory *root* as a layer: the entries whose relative path *include*
+    accepts (all by default; a directory left out still has its accepted entries
+    written) after whiteouts for the *deleted* relative paths. Returns the layer and the
+    bytes of file content in it."""
+    writer = _TreeWriter(os.fspath(root), None, include=include, deleted=deleted, plain=True)
+    return _write(writer, store, compression, level, True)
+
+
+def _write(writer: _TreeWriter, store: BlobStore, compression: str, level: int | None,
+           oci_media_types: bool) -> tuple[Layer, int]:  # fmt: skip
+    check_compression(compression, level)
+    media_type = layer_media_type(compression, oci=oci_media_types)
+    try:
         with store.writer() as blob, LayerSink(compressor(compression, level), blob) as sink:
-            _TreeWriter(root, sink, source_date_epoch).run()
+            writer.run(sink)
             sink.write(END_OF_ARCHIVE)
             diff_id = sink.close()
     except OSError as exc:
         raise RuntimeFailure(
-            f"cannot turn {root} into a layer",
-            why=f"{exc.strerror or exc}: {exc.filename or root}",
+            f"cannot turn {writer.root} into a layer",
+            why=f"{exc.strerror or exc}: {exc.filename or writer.root}",
         ) from exc
     store.record_diff_id(blob.digest, diff_id)  # made here: known for certain
-    return Layer(blob=Descriptor(media_type, blob.digest, blob.size), diff_id=diff_id)
+    layer = Layer(blob=Descriptor(media_type, blob.digest, blob.size), diff_id=diff_id)
+    return layer, writer.content
 
 
 class _TreeWriter:
-    def __init__(self, root: str, sink: LayerSink, epoch: int | None) -> None:
-        self._root = root
-        self._sink = sink
+    def __init__(self, root: str, epoch: int | None, *,
+                 include: Callable[[str], bool] | None = None, deleted: Sequence[str] = (),
+                 plain: bool = False) -> None:  # fmt: skip
+        self.root = root
         self._epoch = epoch
+        self._include = include
+        self._deleted = deleted
+        self._plain = plain
         self._links: dict[tuple[int, int], str] = {}
+        self.content = 0  # bytes of file content written
 
-    def run(self) -> None:
-        for rel, path, st in _walk(self._root):
-            self._entry(rel, path, st)
+    def run(self, sink: LayerSink) -> None:
+        self._sink = sink
+        for rel in sorted(self._deleted, key=os.fsencode):
+            parent, _, base = rel.rpartition("/")
+            name = f"{parent}/{whiteout_name(base)}" if parent else whiteout_name(base)
+            self._put(TarHeader(name, REG, mode=0o600, mtime_ns=0))
+        for rel, path, st in _walk(self.root):
+            if self._include is None or self._include(rel):
+                self._entry(rel, path, st)
 
     def _mtime(self, st: os.stat_result) -> int:
         sec = st.st_mtime_ns // 10**9
@@ -132,7 +177,7 @@ class _TreeWriter:
     def _entry(self, rel: str, path: str, st: os.stat_result) -> None:
         mode = st.st_mode
         perm, uid, gid, mtime = stat.S_IMODE(mode), st.st_uid, st.st_gid, self._mtime(st)
-        if is_overlay_whiteout(st):
+        if not self._plain and is_overlay_whiteout(st):
             parent, _, base = rel.rpartition("/")
             name = f"{parent}/{whiteout_name(base)}" if parent else whiteout_name(base)
             self._put(TarHeader(name, REG, mode=0o600, uid=uid, gid=gid, mtime_ns=mtime))
@@ -171,7 +216,7 @@ class _TreeWriter:
         self._put(TarHeader(name, type_, perm, uid, gid, size, mtime, link, major, minor, xattrs))
         if type_ == REG:
             self._copy(rel, path, size)
-        elif type_ == DIR and OVERLAY_OPAQUE_XATTR in names:
+        elif type_ == DIR and OVERLAY_OPAQUE_XATTR in names and not self._plain:
             value = os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False)
             if is_opaque_value(value):
                 marker = f"{rel}/{OPAQUE_MARKER}"
@@ -193,6 +238,7 @@ class _TreeWriter:
                     )
                 self._sink.write(chunk)
                 left -= len(chunk)
+                self.content += len(chunk)
         finally:
             os.close(fd)
         self._sink.write(padding(size))

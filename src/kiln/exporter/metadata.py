@@ -2,16 +2,19 @@
 
 buildx's ``containerimage.digest``, ``containerimage.config.digest``,
 ``containerimage.descriptor`` and ``image.name``; kiln adds the pushed references, every
-step (label, whether and where it was cached, seconds) and the bytes moved, in total and
-split into image and cache transfers.
+step (label, whether and where it was cached, seconds), the bytes moved, in total and
+split into image and cache transfers, and per cache mount what was imported and exported
+(bytes, seconds, where from, the exported chain).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln.cache.mounts.store import MountReport
 from kiln.errors import KilnError
 from kiln.exporter.image import ImageArtifacts
 from kiln.http.stats import TransferStats
@@ -20,7 +23,8 @@ from kiln.state import write_atomic
 
 
 def metadata(art: ImageArtifacts, pushed: list[str], reports: list[StepReport],
-             stats: TransferStats) -> dict[str, Any]:  # fmt: skip
+             stats: TransferStats, mounts: Sequence[MountReport] = ()
+             ) -> dict[str, Any]:  # fmt: skip
     return {
         "containerimage.digest": art.digest,
         "containerimage.config.digest": art.config_desc.digest,
@@ -38,6 +42,7 @@ def metadata(art: ImageArtifacts, pushed: list[str], reports: list[StepReport],
             cat: {"pulled": stats.pulled(cat), "pushed": stats.pushed(cat)}
             for cat in ("image", "cache")
         },
+        "cache_mounts": [m.to_json() for m in mounts],
     }
 
 

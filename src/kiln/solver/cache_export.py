@@ -4,14 +4,19 @@
 ``mode=max`` every step of every stage the target needs — including stages this build did
 not have to solve (their results are looked up, so a fully cached build re-exports the
 whole cache instead of shrinking it).
+
+The cache mounts a build can export (:class:`MountSelection`) are those of the RUN steps
+of every stage the target needs, used in this build or not: a mount no step ran with is
+exported as imported, so a fully cached build does not drop it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from kiln.cache.records import CacheEntry, CacheHit, StepRecord
-from kiln.frontend.base import StageBase
+from kiln.cache.mounts.store import MountStore
+from kiln.cache.records import CacheEntry, CacheHit, MountIdentity, MountRecord, StepRecord
+from kiln.frontend.base import BuildPlan, CacheMount, ExecOp, StageBase
 from kiln.solver.keys import content_step_key
 from kiln.solver.types import BuildResult
 
@@ -86,3 +91,25 @@ def _stage_entries(result: BuildResult, index: int, lookup: Lookup,
         parent, content_parent = key, content_key
     content_finals[index] = content_parent
     return entries
+
+
+class MountSelection:
+    """The cache mounts of a plan, sealed by the store (``RemoteCaches.export``)."""
+
+    def __init__(self, plan: BuildPlan, store: MountStore) -> None:
+        self.plan = plan
+        self.store = store
+
+    def identities(self) -> list[MountIdentity]:
+        found: dict[MountIdentity, None] = {}
+        for index in self.plan.needed_order():
+            for step in self.plan.stages[index].steps:
+                if isinstance(step.op, ExecOp):
+                    for mount in step.op.mounts:
+                        if isinstance(mount, CacheMount):
+                            ident = self.store.identity(mount.id, mount.uid, mount.gid, mount.mode)
+                            found[ident] = None
+        return list(found)
+
+    def seal(self, identity: MountIdentity, max_size: int) -> MountRecord | None:
+        return self.store.seal(identity, max_size)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from kiln.cache.mounts.store import MountStore
 from kiln.cache.records import CacheHit, CacheLookup, StepRecord
 from kiln.cache.store import LocalCache, now_rfc3339
 from kiln.content import BlobLocator, BlobStore
@@ -54,6 +55,7 @@ class Solver:
         context: BuildContext,
         progress: Progress,
         options: SolveOptions,
+        cache_mounts: MountStore,
         remote: Sequence[CacheLookup] = (),
         ran_before: Mapping[str, StepReport] | None = None,
     ) -> None:
@@ -68,7 +70,8 @@ class Solver:
         self.progress = progress
         self.options = options
         self.remote = list(remote)
-        self.runner = StepRunner(root, blobs, locator, snapshots, executor, context, options)
+        self.runner = StepRunner(root, blobs, locator, snapshots, executor, context, options,
+                                 cache_mounts)  # fmt: skip
         self._futures: dict[int, Future[StageResult]] = {}
         self._lock = threading.Lock()
         self._reports: list[StepReport] = []

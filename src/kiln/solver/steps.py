@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kiln.cache.mounts.store import MountStore
 from kiln.content import BlobLocator, BlobStore
 from kiln.differ.layer import write_layer
 from kiln.errors import KilnError
@@ -45,6 +46,7 @@ class StepRunner:
         executor: Executor,
         context: BuildContext,
         options: SolveOptions,
+        cache_mounts: MountStore,
     ) -> None:
         self.root = root
         self.blobs = blobs
@@ -54,7 +56,7 @@ class StepRunner:
         self.context = context
         self.options = options
         self.stage_result: Callable[[int], StageResult] = _no_stages
-        self.mounts = RunMounts(root, context, self._mounted_source, dict(options.secrets))
+        self.mounts = RunMounts(cache_mounts, context, self._mounted_source, dict(options.secrets))
 
     # ------------------------------------------------------------------ helpers
     def fetch(self, layer: Layer) -> None:
@@ -82,6 +84,8 @@ class StepRunner:
         upper = scratch / "upper"
         upper.mkdir()
         try:
+            if isinstance(step.op, ExecOp):
+                self.mounts.prefetch(step.op)  # beside the parent layers' downloads
             with self.snapshots.mounted(chain, self.fetch, upper=upper) as rootfs:
                 op = step.op
                 if isinstance(op, ExecOp):

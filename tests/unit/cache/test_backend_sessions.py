@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tests.fixtures.fake_registry import HOST, FakeRegistry
 
 from kiln.build import cache_backends
 from kiln.cache.backends.gha import GhaSession, blob_key, index_prefix
-from kiln.cache.records import CacheEntry, StepRecord
+from kiln.cache.records import CacheEntry, MountRecord, StepRecord
 from kiln.cache.remote.base import CacheContext, CacheExport, CacheImport, ImportedCache
 from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
 from kiln.cache.remote.format import (
@@ -95,11 +95,12 @@ class Machine:
         digest = self.store.put(data)
         return Layer(Descriptor(OCI_LAYER_GZIP, digest, len(data)), sha256_digest(b"diff" + data))
 
-    def export(self, text: str, entries: list[CacheEntry]) -> None:
+    def export(self, text: str, entries: list[CacheEntry],
+               mounts: Sequence[MountRecord] = ()) -> None:  # fmt: skip
         """``--cache-to text`` with the backend's default session."""
         sessions = CacheSessions(self.ctx)
         try:
-            parse_cache_to(text, BACKENDS).export(sessions, entries)
+            parse_cache_to(text, BACKENDS).export(sessions, entries, list(mounts))
         finally:
             sessions.close()
 
@@ -477,7 +478,7 @@ def test_inline_annotate_image_writes_the_cache_into_the_config(
     sessions = CacheSessions(m1.ctx)
     try:
         flag.annotate_image(sessions, config, entries, image_layers)
-        flag.export(sessions, entries)  # nothing to do: the cache travels with the image
+        flag.export(sessions, entries, [])  # nothing to do: the cache travels with the image
     finally:
         sessions.close()
 
@@ -727,11 +728,17 @@ def gha_spec(token: str, version: int, extra: str = "", *, export: bool = True) 
 
 
 def gha_export(
-    gha: FakeGha, m: Machine, token: str, version: int, entries: list[CacheEntry], **kw: Any
+    gha: FakeGha,
+    m: Machine,
+    token: str,
+    version: int,
+    entries: list[CacheEntry],
+    mounts: Sequence[MountRecord] = (),
+    **kw: Any,
 ) -> None:
     session = GhaSession(m.ctx, client_factory=gha.factory(**kw))
     try:
-        session.export(gha_spec(token, version), entries)
+        session.export(gha_spec(token, version), entries, list(mounts))
     finally:
         session.close()
 
@@ -796,7 +803,7 @@ def test_gha_second_export_of_unchanged_entries_saves_no_index(
         cache = gha_load_in(session, token, version)
         assert cache is not None and cache.records == expected(entries)
         before = len(gha.calls)
-        session.export(gha_spec(token, version), entries)
+        session.export(gha_spec(token, version), entries, [])
         assert gha.calls[before:] == []
     finally:
         session.close()
@@ -811,7 +818,7 @@ def test_gha_second_export_of_unchanged_entries_saves_no_index(
     try:
         assert gha_load_in(session, token, version) is not None
         before = len(gha.calls)
-        session.export(gha_spec(token, version), changed)
+        session.export(gha_spec(token, version), changed, [])
         reserved = [c.key for c in gha.calls[before:] if c.op == "reserve"]
     finally:
         session.close()
@@ -910,8 +917,8 @@ def test_gha_close_closes_every_client(machine: Callable[[str], Machine]) -> Non
     session = GhaSession(m1.ctx, client_factory=gha.factory())
     # one client per connection for the whole build: imports, fetches and the export
     assert gha_load_in(session, token, 1) is None
-    session.export(gha_spec(token, 1), entries)
-    session.export(gha_spec(token, 1, ",scope=docs"), entries)
+    session.export(gha_spec(token, 1), entries, [])
+    session.export(gha_spec(token, 1, ",scope=docs"), entries, [])
     assert gha_load_in(session, token, 1) is not None
     assert len(gha.transports) == 2 and not any(t.closed for t in gha.transports)
     session.close()

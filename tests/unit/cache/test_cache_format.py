@@ -67,7 +67,8 @@ def test_manifest_round_trip_in_both_forms():
         cache = build_manifest(chain(), image_manifest=image_manifest)
         raw = json.loads(cache.manifest)
         blobs = {cache.config_desc.digest: cache.config}
-        records = read_records(raw, cache.media_type, lambda d, b=blobs: b[d.digest], "test")
+        contents = read_records(raw, cache.media_type, lambda d, b=blobs: b[d.digest], "test")
+        records = contents.records
         # BuildKit's format keeps a creation time per result: none for a step without layer
         assert {k: (r.layer, r.created) for k, r in records.items()} == {
             e.key: (e.layer, e.created if e.layer else "") for e in chain()

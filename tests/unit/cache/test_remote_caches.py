@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.attrs import Attrs
-from kiln.cache.records import CacheEntry
+from kiln.cache.records import CacheEntry, MountRecord
 from kiln.cache.remote.base import (
     CacheBackend,
     CacheContext,
@@ -40,7 +40,7 @@ class FakeSession(CacheSession[Spec, Spec]):
         self.log.append(f"load {spec.name}")
         return None
 
-    def export(self, spec: Spec, entries: list[CacheEntry]) -> None:
+    def export(self, spec: Spec, entries: list[CacheEntry], mounts: list[MountRecord]) -> None:
         self.log.append(f"export {spec.name}")
         if spec.name == "broken":
             raise CacheError("the service is down")

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.attrs import Attrs
-from kiln.cache.records import CacheEntry, StepRecord
+from kiln.cache.records import CacheEntry, MountRecord, StepRecord
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
+    MOUNT_EXPORT_ATTRS,
     CacheBackend,
     CacheContext,
     CacheSession,
@@ -41,6 +42,7 @@ from kiln.cache.remote.format import (
     build_config,
     parse_config,
     parse_json,
+    parse_mounts,
 )
 from kiln.content import BlobStore
 from kiln.errors import CacheError, KilnError, MissingBlobError
@@ -151,7 +153,8 @@ class GhaBlobSource:
 class GhaBackend(CacheBackend[GhaImport, GhaExport]):
     name = "gha"
     import_attributes = _CONNECTION_ATTRS | _IGNORED_ATTRS
-    export_attributes = _CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS
+    export_attributes = (_CONNECTION_ATTRS | _IGNORED_ATTRS | COMMON_EXPORT_ATTRS
+                         | MOUNT_EXPORT_ATTRS)  # fmt: skip
 
     def parse_import(self, attrs: Attrs) -> GhaImport:
         return GhaImport(_connection(attrs))
@@ -196,6 +199,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
         ctx = self.ctx
         client: GhaClient | None = None
         records: dict[str, StepRecord] = {}
+        mounts: dict[str, MountRecord] = {}
         try:
             client = self._client(spec.connection)
             # token scopes in lookup order: earlier ones win on a key present in several
@@ -206,23 +210,28 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
                     continue
                 data = client.read_bytes(entry, max_size=MAX_CONFIG_SIZE)
                 self._indexes[prefix] = data
-                for key, record in parse_config(parse_json(data, entry.key)).items():
+                config = parse_json(data, entry.key)
+                for key, record in parse_config(config).items():
                     records.setdefault(key, record)
                     if record.layer is not None:
                         self._known_blobs.add(record.layer.digest)
+                for mount in parse_mounts(config):
+                    mounts.setdefault(mount.identity.name, mount)
+                    self._known_blobs.update(m.layer.digest for m in mount.layers)
         except (KilnError, CacheFormatError) as exc:
             ctx.warn(f"cannot import gha cache: {str(exc).splitlines()[0]}")
         else:
-            if not records:
+            if not records and not mounts:
                 scope = self.scope(spec.connection)
                 ctx.warn(f"gha cache scope {scope!r} is empty: building without it")
-        if not records or client is None:
+        if not (records or mounts) or client is None:
             return None
         return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
-                             ctx.locator, ctx.warn)  # fmt: skip
+                             ctx.locator, ctx.warn, list(mounts.values()))  # fmt: skip
 
     # ------------------------------------------------------------------ export
-    def export(self, spec: GhaExport, entries: list[CacheEntry]) -> None:
+    def export(self, spec: GhaExport, entries: list[CacheEntry],
+               mounts: list[MountRecord]) -> None:  # fmt: skip
         ctx = self.ctx
         client = self._client(spec.connection)
         writable = [s for s in client.scopes if s.writable]
@@ -232,7 +241,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
                 hint="a read-only token (e.g. a pull request's) can only import",
             )
         entries = convert_layers(entries, spec.options, ctx)
-        config, layers = build_config(entries, annotate=True)
+        config, layers = build_config(entries, annotate=True, mounts=mounts)
 
         def upload(layer: Layer) -> None:
             if layer.digest in self._known_blobs:

@@ -2,18 +2,21 @@
 
 Only ``mode=min`` is possible: an image carries its own layers only, so the records can
 describe the steps of the final stage (and the stages it is built FROM) and nothing else.
-Imported with ``--cache-from type=registry,ref=<image>``.
+Imported with ``--cache-from type=registry,ref=<image>``. Cache mounts cannot travel this
+way (an image holds image layers only): ``cache-mounts=true`` is an error saying so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Never
 
 from kiln.attrs import Attrs
-from kiln.cache.records import CacheEntry
+from kiln.cache.records import CacheEntry, MountRecord
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
+    MOUNT_EXPORT_ATTRS,
     CacheBackend,
     CacheContext,
     CacheSession,
@@ -33,7 +36,7 @@ class InlineExport:
 class InlineBackend(CacheBackend[Never, InlineExport]):
     name = "inline"
     import_attributes = frozenset()
-    export_attributes = COMMON_EXPORT_ATTRS
+    export_attributes = COMMON_EXPORT_ATTRS | MOUNT_EXPORT_ATTRS  # refused with a reason
 
     def parse_import(self, attrs: Attrs) -> Never:
         raise attrs.error(
@@ -42,7 +45,14 @@ class InlineBackend(CacheBackend[Never, InlineExport]):
         )
 
     def parse_export(self, attrs: Attrs) -> InlineExport:
-        return InlineExport(export_options(attrs, self.name, max_allowed=False))
+        options = export_options(attrs, self.name, max_allowed=False)
+        if options.cache_mounts not in (None, False):
+            raise attrs.error(
+                "type=inline cannot carry cache mounts: an image holds its own layers only",
+                hint="export them with --cache-to type=registry,ref=<repo:tag>,mode=max "
+                "(or type=local, type=gha)",
+            )
+        return InlineExport(dataclasses.replace(options, cache_mounts=False))
 
     def open(self, ctx: CacheContext) -> InlineSession:
         return InlineSession(ctx)
@@ -53,5 +63,6 @@ class InlineSession(CacheSession[Never, InlineExport]):
                        layers: list[Layer]) -> None:  # fmt: skip
         config.extra[INLINE_CONFIG_KEY] = build_inline(entries, layers)
 
-    def export(self, spec: InlineExport, entries: list[CacheEntry]) -> None:
+    def export(self, spec: InlineExport, entries: list[CacheEntry],
+               mounts: list[MountRecord]) -> None:  # fmt: skip
         return None  # travels with the image

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from kiln.attrs import Attrs
-from kiln.cache.records import CacheEntry
+from kiln.cache.records import CacheEntry, MountRecord
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
     MANIFEST_FORM_ATTRS,
+    MOUNT_EXPORT_ATTRS,
     CacheBackend,
     CacheContext,
     CacheSession,
@@ -33,7 +34,7 @@ from kiln.cache.remote.base import (
     export_options,
     manifest_form,
 )
-from kiln.cache.remote.convert import convert_layers
+from kiln.cache.remote.convert import convert_layers, convert_mounts
 from kiln.cache.remote.format import CacheFormatError, parse_json
 from kiln.cache.remote.layout import Layout, locked
 from kiln.cache.remote.manifest import CacheManifest, build_manifest, read_records
@@ -95,7 +96,8 @@ class LocalBlobSource:
 class LocalBackend(CacheBackend[LocalImport, LocalExport]):
     name = "local"
     import_attributes = frozenset({"src", "tag", "digest"})
-    export_attributes = COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"dest", "tag", "max-size"}
+    export_attributes = (COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | MOUNT_EXPORT_ATTRS
+                         | {"dest", "tag", "max-size"})  # fmt: skip
 
     def parse_import(self, attrs: Attrs) -> LocalImport:
         digest = attrs.get("digest") or None
@@ -146,31 +148,35 @@ class LocalSession(CacheSession[LocalImport, LocalExport]):
             return None
         try:
             raw = parse_json(layout.read_blob(desc), where)
-            records = read_records(raw, str(raw.get("mediaType") or desc.media_type),
-                                   layout.read_blob, where)  # fmt: skip
+            contents = read_records(raw, str(raw.get("mediaType") or desc.media_type),
+                                    layout.read_blob, where)  # fmt: skip
         except (OSError, CacheFormatError, CorruptBlobError) as exc:
             ctx.warn(f"cannot read cache {where}: {exc}")
             return None
-        return ImportedCache(f"local {where}", records, LocalBlobSource(layout), ctx.locator,
-                             ctx.warn)  # fmt: skip
+        return ImportedCache(f"local {where}", contents.records, LocalBlobSource(layout),
+                             ctx.locator, ctx.warn, contents.mounts)  # fmt: skip
 
     # ------------------------------------------------------------------ export
-    def export(self, spec: LocalExport, entries: list[CacheEntry]) -> None:
+    def export(self, spec: LocalExport, entries: list[CacheEntry],
+               mounts: list[MountRecord]) -> None:  # fmt: skip
         try:
             with locked(spec.dest, fcntl.LOCK_EX):
-                self._export(spec, entries, self.ctx)
+                self._export(spec, entries, mounts, self.ctx)
         except OSError as exc:
             raise CacheError(f"cannot write local cache {spec.dest}: {exc}") from exc
 
     @staticmethod
-    def _export(spec: LocalExport, entries: list[CacheEntry], ctx: CacheContext) -> None:
+    def _export(spec: LocalExport, entries: list[CacheEntry], mounts: list[MountRecord],
+                ctx: CacheContext) -> None:  # fmt: skip
         layout = Layout(spec.dest)
         layout.blobs.mkdir(parents=True, exist_ok=True)
         index = _read_index_or_empty(layout)
         others = [d for d in _manifests(index) if d.annotations.get(REF_NAME) != spec.tag]
         entries = convert_layers(entries, spec.options, ctx)
-        kept = _fit(entries, spec, _referenced(layout, others), ctx)
-        cache = build_manifest(kept, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes)
+        mounts = convert_mounts(mounts, ctx, oci=spec.oci_mediatypes)
+        kept, mounts = _fit(entries, mounts, spec, _referenced(layout, others), ctx)
+        cache = build_manifest(kept, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes,
+                               mounts=mounts)  # fmt: skip
         for layer in cache.layers:
             if not layout.has(layer.blob):
                 ctx.locator.fetch(layer.blob)
@@ -246,11 +252,16 @@ def _referenced(layout: Layout, roots: Iterable[Descriptor]) -> set[str]:
 
 
 def _fit(
-    entries: list[CacheEntry], spec: LocalExport, others: set[str], ctx: CacheContext
-) -> list[CacheEntry]:
-    """Leave out the oldest results until the directory fits ``max-size``."""
+    entries: list[CacheEntry],
+    mounts: list[MountRecord],
+    spec: LocalExport,
+    others: set[str],
+    ctx: CacheContext,
+) -> tuple[list[CacheEntry], list[MountRecord]]:
+    """Leave out the oldest results until the directory fits ``max-size``, then (should
+    that not do) the cache mounts."""
     if spec.max_size is None:
-        return entries
+        return entries, mounts
     layout = Layout(spec.dest)
 
     def size_of(digest: str) -> int:
@@ -261,14 +272,21 @@ def _fit(
 
     fixed = sum(size_of(d) for d in others)
     kept = sorted(entries, key=lambda e: e.created)
+    mounts = list(mounts)
 
     def total(items: list[CacheEntry]) -> int:
         blobs = {e.layer.digest: e.layer.blob.size for e in items if e.layer is not None}
+        blobs.update((m.layer.digest, m.layer.blob.size) for r in mounts for m in r.layers)
         extra = sum(size for digest, size in blobs.items() if digest not in others)
-        return fixed + extra + _overhead(items)
+        return fixed + extra + _overhead(items, mounts)
 
     dropped = 0
-    while kept and total(kept) > spec.max_size:
+    while (kept or mounts) and total(kept) > spec.max_size:
+        if not kept:
+            gone = mounts.pop()
+            ctx.warn(f"local cache {spec.dest}: left out cache mount {gone.identity.id} to "
+                     f"stay within max-size={spec.max_size} bytes")  # fmt: skip
+            continue
         kept.pop(0)
         dropped += 1
     if dropped:
@@ -279,11 +297,11 @@ def _fit(
             f"local cache {spec.dest} cannot fit in max-size={spec.max_size} bytes",
             hint="other tags in the directory use the space; raise max-size",
         )
-    return kept
+    return kept, mounts
 
 
-def _overhead(entries: list[CacheEntry]) -> int:
-    manifest: CacheManifest = build_manifest(entries)
+def _overhead(entries: list[CacheEntry], mounts: list[MountRecord]) -> int:
+    manifest: CacheManifest = build_manifest(entries, mounts=mounts)
     return len(manifest.config) + len(manifest.manifest)
 
 

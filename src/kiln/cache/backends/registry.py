@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.attrs import Attrs
-from kiln.cache.records import CacheEntry, StepRecord
+from kiln.cache.records import CacheEntry, MountRecord, StepRecord
 from kiln.cache.remote.base import (
     COMMON_EXPORT_ATTRS,
     MANIFEST_FORM_ATTRS,
+    MOUNT_EXPORT_ATTRS,
     CacheBackend,
     CacheContext,
     CacheSession,
@@ -28,10 +29,11 @@ from kiln.cache.remote.base import (
     export_options,
     manifest_form,
 )
-from kiln.cache.remote.convert import convert_layers
+from kiln.cache.remote.convert import convert_layers, convert_mounts
 from kiln.cache.remote.format import (
     INLINE_CONFIG_KEY,
     MALFORMED,
+    CacheContents,
     CacheFormatError,
     parse_inline,
     parse_json,
@@ -73,7 +75,8 @@ def _ref(attrs: Attrs, *, exporting: bool = False) -> Reference:
 class RegistryBackend(CacheBackend[RegistryImport, RegistryExport]):
     name = "registry"
     import_attributes = frozenset({"ref", "registry.insecure"})
-    export_attributes = COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | {"ref", "registry.insecure"}
+    export_attributes = (COMMON_EXPORT_ATTRS | MANIFEST_FORM_ATTRS | MOUNT_EXPORT_ATTRS
+                         | {"ref", "registry.insecure"})  # fmt: skip
 
     def parse_import(self, attrs: Attrs) -> RegistryImport:
         return RegistryImport(_ref(attrs), attrs.boolean("registry.insecure", False))
@@ -99,7 +102,7 @@ class RegistrySession(CacheSession[RegistryImport, RegistryExport]):
     def load(self, spec: RegistryImport) -> ImportedCache | None:
         ctx = self.ctx
         try:
-            records = read_registry_records(ctx.client, spec.ref, ctx.platform)
+            contents = read_registry_records(ctx.client, spec.ref, ctx.platform)
         except NotFoundError:
             ctx.warn(f"cache {spec.ref} not found: building without it")
             return None
@@ -107,12 +110,16 @@ class RegistrySession(CacheSession[RegistryImport, RegistryExport]):
             ctx.warn(f"cannot import cache {spec.ref}: {str(exc).splitlines()[0]}")
             return None
         source = RegistryBlobSource(ctx.client, spec.ref, CATEGORY)
-        return ImportedCache(f"registry {spec.ref}", records, source, ctx.locator, ctx.warn)
+        return ImportedCache(f"registry {spec.ref}", contents.records, source, ctx.locator,
+                             ctx.warn, contents.mounts)  # fmt: skip
 
-    def export(self, spec: RegistryExport, entries: list[CacheEntry]) -> None:
+    def export(self, spec: RegistryExport, entries: list[CacheEntry],
+               mounts: list[MountRecord]) -> None:  # fmt: skip
         ctx = self.ctx
         entries = convert_layers(entries, spec.options, ctx)
-        cache = build_manifest(entries, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes)
+        mounts = convert_mounts(mounts, ctx, oci=spec.oci_mediatypes)
+        cache = build_manifest(entries, image_manifest=spec.image_manifest, oci=spec.oci_mediatypes,
+                               mounts=mounts)  # fmt: skip
         blobs: list[tuple[Descriptor, bytes | None]] = [(x.blob, None) for x in cache.layers]
         blobs.append((cache.config_desc, cache.config))
         push_blobs(ctx.client, spec.ref, blobs, ctx.locator, category=CATEGORY)
@@ -121,8 +128,9 @@ class RegistrySession(CacheSession[RegistryImport, RegistryExport]):
 
 def read_registry_records(
     client: RegistryClient, ref: Reference, platform: Platform
-) -> dict[str, StepRecord]:
-    """Records from a cache manifest, a cache index, or an image's inline cache."""
+) -> CacheContents:
+    """Records (and mounts) from a cache manifest, a cache index, or an image's inline
+    cache."""
     manifest = client.get_manifest(ref, MANIFEST_ACCEPT, category=CATEGORY)
     raw = manifest.json()
 
@@ -137,7 +145,7 @@ def read_registry_records(
         manifest = client.get_manifest(ref.with_digest(entry.digest), category=CATEGORY)
         raw = manifest.json()
     try:
-        return _inline_records(raw, read_blob, f"{ref} ({manifest.digest})")
+        return CacheContents(_inline_records(raw, read_blob, f"{ref} ({manifest.digest})"))
     except MALFORMED as exc:
         raise CacheFormatError(f"{ref} is malformed: {exc}") from exc
 

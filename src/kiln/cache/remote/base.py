@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from kiln.attrs import Attrs
-from kiln.cache.records import CacheEntry, CacheHit, StepRecord
+from kiln.cache.records import CacheEntry, CacheHit, MountRecord, StepRecord
 from kiln.content import BlobLocator, BlobProvider, BlobStore
 from kiln.http.stats import TransferStats
 from kiln.image import ImageConfig
@@ -32,6 +32,11 @@ COMMON_EXPORT_ATTRS = frozenset(
     {"mode", "compression", "compression-level", "force-compression", "ignore-error"}
 )
 MANIFEST_FORM_ATTRS = frozenset({"image-manifest", "oci-mediatypes"})
+# cache mounts travel with every backend but inline (see ExportOptions.exports_mount)
+MOUNT_EXPORT_ATTRS = frozenset({"cache-mounts", "cache-mount-max-size"})
+DEFAULT_MOUNT_MAX_SIZE = 1 << 30
+_BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+                  "false": False, "0": False, "no": False, "off": False}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,18 @@ class ExportOptions:
     compression_level: int | None = None
     force_compression: bool = False
     ignore_error: bool = False
+    # cache mounts exported: None follows the mode (max: all, min: none), a bool all or
+    # none, a set those ids
+    cache_mounts: bool | frozenset[str] | None = None
+    cache_mount_max_size: int = DEFAULT_MOUNT_MAX_SIZE
+
+    def exports_mount(self, mount_id: str) -> bool:
+        choice = self.cache_mounts
+        if choice is None:
+            return self.mode == "max"
+        if isinstance(choice, bool):
+            return choice
+        return mount_id in choice
 
 
 class ExportSpec(Protocol):
@@ -66,13 +83,34 @@ def export_options(attrs: Attrs, kind: str, *, max_allowed: bool = True) -> Expo
     level = None
     if "compression-level" in attrs:
         level = attrs.integer("compression-level", 0, maximum=22 if compression == "zstd" else 9)
+    max_size = attrs.size("cache-mount-max-size")
+    if max_size is not None and max_size <= 0:
+        raise attrs.error("cache-mount-max-size must be more than 0 bytes")
     return ExportOptions(
         mode=mode,
         compression=compression,
         compression_level=level,
         force_compression=attrs.boolean("force-compression", False),
         ignore_error=attrs.boolean("ignore-error", False),
+        cache_mounts=_mount_choice(attrs),
+        cache_mount_max_size=max_size or DEFAULT_MOUNT_MAX_SIZE,
     )
+
+
+def _mount_choice(attrs: Attrs) -> bool | frozenset[str] | None:
+    """``cache-mounts=true|false|<id>[;<id>...]``."""
+    text = attrs.optional("cache-mounts")
+    if text is None:
+        return None
+    if text.strip().lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[text.strip().lower()]
+    ids = frozenset(part.strip() for part in text.split(";") if part.strip())
+    if not ids:
+        raise attrs.error(
+            "cache-mounts must be true, false or mount ids separated by ';'",
+            hint="e.g. cache-mounts=/root/.cache/go-build;pip (an id defaults to the target)",
+        )
+    return ids
 
 
 def manifest_form(attrs: Attrs) -> tuple[bool, bool]:
@@ -107,12 +145,22 @@ class ImportedCache:
     that blob is dropped (with a warning), as a step whose result cannot be trusted."""
 
     def __init__(self, name: str, records: dict[str, StepRecord], provider: BlobProvider,
-                 locator: BlobLocator, warn: Callable[[str], None]) -> None:  # fmt: skip
+                 locator: BlobLocator, warn: Callable[[str], None],
+                 mounts: Sequence[MountRecord] = ()) -> None:  # fmt: skip
         self.name = name
         self.records = _consistent(name, records, warn)
+        self.mounts = {m.identity.name: m for m in mounts}
         self.provider = provider
         self.locator = locator
         self._lock = threading.Lock()
+
+    def mount(self, name: str) -> MountRecord | None:
+        """The cache mount of identity *name*, its blobs made fetchable from this source."""
+        record = self.mounts.get(name)
+        if record is not None:
+            for item in record.layers:
+                self.locator.add(item.layer.digest, self.provider, diff_id=item.layer.diff_id)
+        return record
 
     def lookup(self, key: str) -> CacheHit | None:
         with self._lock:
@@ -168,8 +216,9 @@ class CacheSession(ABC, Generic[ImportT, ExportT]):
         return None
 
     @abstractmethod
-    def export(self, spec: ExportT, entries: list[CacheEntry]) -> None:
-        """Write the cache (blobs first, manifest last)."""
+    def export(self, spec: ExportT, entries: list[CacheEntry], mounts: list[MountRecord]) -> None:
+        """Write the cache: the step entries and the cache mounts (blobs first, manifest
+        last, so an interrupted export leaves the previous cache whole)."""
 
     def close(self) -> None:
         """Release what the session holds (connections)."""
@@ -205,7 +254,8 @@ class ExportFlag(Protocol):
     def insecure_hosts(self) -> frozenset[str]: ...
     def annotate_image(self, sessions: SessionPool, config: ImageConfig,
                        entries: list[CacheEntry], layers: list[Layer]) -> None: ...  # fmt: skip
-    def export(self, sessions: SessionPool, entries: list[CacheEntry]) -> None: ...
+    def export(self, sessions: SessionPool, entries: list[CacheEntry],
+               mounts: list[MountRecord]) -> None: ...  # fmt: skip
 
 
 class CacheBackend(ABC, Generic[ImportT, ExportT]):
@@ -272,8 +322,9 @@ class CacheExport(Generic[ImportT, ExportT]):
                        entries: list[CacheEntry], layers: list[Layer]) -> None:  # fmt: skip
         sessions.session(self.backend).annotate_image(self.spec, config, entries, layers)
 
-    def export(self, sessions: SessionPool, entries: list[CacheEntry]) -> None:
-        sessions.session(self.backend).export(self.spec, entries)
+    def export(self, sessions: SessionPool, entries: list[CacheEntry],
+               mounts: list[MountRecord]) -> None:  # fmt: skip
+        sessions.session(self.backend).export(self.spec, entries, mounts)
 
 
 class CacheType(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from kiln.archive.compress import compressor, decompressing_reader
-from kiln.cache.records import CacheEntry
+from kiln.cache.records import CacheEntry, MountLayer, MountRecord
 from kiln.cache.remote.base import CacheContext, ExportOptions
 from kiln.oci import Descriptor, Layer, compression_of, layer_media_type
 
@@ -48,4 +48,21 @@ def convert_layers(
                 entry.layer, options.compression, options.compression_level, ctx
             )
         out.append(dataclasses.replace(entry, layer=done[entry.layer.digest]))
+    return out
+
+
+def convert_mounts(mounts: list[MountRecord], ctx: CacheContext, *, oci: bool) -> list[MountRecord]:
+    """Mount blobs are zstd (kiln alone reads them); Docker media types have no zstd, so
+    for ``oci-mediatypes=false`` they become gzip (same diff IDs, same chain)."""
+    if oci:
+        return mounts
+    out = []
+    for record in mounts:
+        layers = tuple(
+            MountLayer(convert_layer(m.layer, "gzip", None, ctx), m.content)
+            if compression_of(m.layer.blob.media_type) == "zstd"
+            else m
+            for m in record.layers
+        )
+        out.append(dataclasses.replace(record, layers=layers))
     return out

@@ -7,6 +7,11 @@ produced — as the top of a chain whose ``parent`` links follow the steps — o
 when the step changed nothing. kiln's keys are its own (opaque digests), so a BuildKit
 cache is never mistaken for a kiln one; the structure is BuildKit's so that registries,
 tools and people who know BuildKit caches recognise kiln's.
+
+Cache mounts travel in kiln's own top-level field ``kiln.mounts`` (BuildKit ignores it):
+per mount its identity, size, time and chain of self-describing layer entries (blob,
+media type, diff ID, size, content bytes). Their blobs are among the layers a backend
+stores, so registries and layout directories keep them referenced.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.cache.records import CacheEntry, StepRecord
+from kiln.cache.records import CacheEntry, MountIdentity, MountLayer, MountRecord, StepRecord
 from kiln.oci import LAYER_TYPES, Descriptor, Layer, is_digest
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
@@ -26,6 +32,8 @@ ANNOTATION_CREATED = "buildkit/createdat"
 MAX_CONFIG_SIZE = 16 << 20
 # a record's digest of what its step read from other stages (kiln.cache.records.StepRecord)
 INPUTS_KEY = "kiln.inputs"
+# kiln's exported cache mounts (see the module docstring)
+MOUNTS_KEY = "kiln.mounts"
 
 
 class CacheFormatError(ValueError):
@@ -41,10 +49,19 @@ def _sorted(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
     return [unique[k] for k in sorted(unique)]
 
 
+@dataclass(frozen=True, slots=True)
+class CacheContents:
+    """What one imported cache holds: step records by key and cache mounts."""
+
+    records: dict[str, StepRecord]
+    mounts: list[MountRecord] = field(default_factory=list)
+
+
 def build_config(
-    entries: Iterable[CacheEntry], *, annotate: bool
+    entries: Iterable[CacheEntry], *, annotate: bool, mounts: Sequence[MountRecord] = ()
 ) -> tuple[dict[str, Any], list[Layer]]:
-    """The cache config and the distinct layers it references, in ``layers`` order.
+    """The cache config and the distinct layers it references: the steps' in ``layers``
+    order, then the cache mounts' blobs.
 
     With *annotate* (backends without an OCI manifest, like gha) each layer entry carries
     its media type, diff ID, size and creation time.
@@ -86,7 +103,76 @@ def build_config(
 
     records = _records_json(ordered, index_of)
     config: dict[str, Any] = {"layers": layers_json, "records": records}
+    if mounts:
+        config[MOUNTS_KEY] = [_mount_json(m) for m in mounts]
+        known = {x.digest for x in layers}
+        for item in (m.layer for record in mounts for m in record.layers):
+            if item.digest not in known:
+                known.add(item.digest)
+                layers.append(item)
     return config, layers
+
+
+def _mount_json(record: MountRecord) -> dict[str, Any]:
+    ident = record.identity
+    return {
+        "id": ident.id,
+        "uid": ident.uid,
+        "gid": ident.gid,
+        "mode": ident.mode,
+        "platform": ident.platform,
+        "size": record.size,
+        "updated": record.updated,
+        "layers": [
+            {
+                "blob": m.layer.digest,
+                "mediaType": m.layer.blob.media_type,
+                "diffID": m.layer.diff_id,
+                "size": m.layer.blob.size,
+                "content": m.content,
+            }
+            for m in record.layers
+        ],
+    }
+
+
+def parse_mounts(raw: Mapping[str, Any]) -> list[MountRecord]:
+    """The cache mounts of a cache config; a malformed mount entry is left out (it only
+    ever made builds faster), the first of two with one identity wins."""
+    items = raw.get(MOUNTS_KEY)
+    out: dict[str, MountRecord] = {}
+    for item in items if isinstance(items, list) else []:
+        try:
+            record = _mount(item)
+        except MALFORMED:
+            continue
+        if record is not None:
+            out.setdefault(record.identity.name, record)
+    return list(out.values())
+
+
+def _mount(item: Any) -> MountRecord | None:
+    ident = MountIdentity(str(item["id"]), _natural(item["uid"]), _natural(item["gid"]),
+                          _natural(item["mode"]), str(item["platform"]))  # fmt: skip
+    if not ident.id or ident.mode > 0o7777:
+        return None
+    layers = []
+    for entry in item["layers"]:
+        digest, diff_id, media = str(entry["blob"]), str(entry["diffID"]), str(entry["mediaType"])
+        if not (is_digest(digest) and is_digest(diff_id)) or media not in LAYER_TYPES:
+            return None
+        blob = Descriptor(media, digest, _natural(entry["size"]))
+        layers.append(MountLayer(Layer(blob, diff_id), _natural(entry.get("content", 0))))
+    if not layers:
+        return None
+    return MountRecord(ident, tuple(layers), _natural(item.get("size", 0)),
+                       str(item.get("updated") or ""))  # fmt: skip
+
+
+def _natural(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
 
 
 def _records_json(

@@ -12,16 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.cache.records import CacheEntry, StepRecord
+from kiln.cache.records import CacheEntry, MountRecord
 from kiln.cache.remote.format import (
     ANNOTATION_CREATED,
     ANNOTATION_DIFF_ID,
     CACHE_CONFIG_MEDIA_TYPE,
     MALFORMED,
+    CacheContents,
     CacheFormatError,
     build_config,
     parse_config,
     parse_json,
+    parse_mounts,
 )
 from kiln.errors import CacheError
 from kiln.oci import (
@@ -54,11 +56,17 @@ class CacheManifest:
 
 
 def build_manifest(
-    entries: Sequence[CacheEntry], *, image_manifest: bool = True, oci: bool = True
+    entries: Sequence[CacheEntry],
+    *,
+    image_manifest: bool = True,
+    oci: bool = True,
+    mounts: Sequence[MountRecord] = (),
 ) -> CacheManifest:
-    if not oci and any(e.layer and e.layer.blob.media_type.endswith("zstd") for e in entries):
+    """The manifest (or index) of a cache; *mounts* must be in media types it can hold
+    (see :func:`kiln.cache.remote.convert.convert_mounts`)."""
+    config, layers = build_config(entries, annotate=False, mounts=mounts)
+    if not oci and any(x.blob.media_type.endswith("zstd") for x in layers):
         raise CacheError("zstd layers need OCI media types", hint="drop oci-mediatypes=false")
-    config, layers = build_config(entries, annotate=False)
     config_bytes = canonical_json(config)
     config_desc = Descriptor(
         CACHE_CONFIG_MEDIA_TYPE, sha256_digest(config_bytes), len(config_bytes)
@@ -106,9 +114,9 @@ def is_cache_manifest(raw: dict[str, Any], media_type: str) -> bool:
 
 def read_records(
     raw: dict[str, Any], media_type: str, read_blob: Callable[[Descriptor], bytes], what: str
-) -> dict[str, StepRecord]:
-    """Records of a cache manifest or index; *read_blob* fetches the (small) config.
-    Anything malformed is a :class:`CacheFormatError`."""
+) -> CacheContents:
+    """Records and mounts of a cache manifest or index; *read_blob* fetches the (small)
+    config. Anything malformed is a :class:`CacheFormatError`."""
     try:
         return _read_records(raw, media_type, read_blob, what)
     except MALFORMED as exc:
@@ -127,7 +135,7 @@ def descriptor(raw: Any) -> Descriptor:
 
 def _read_records(
     raw: dict[str, Any], media_type: str, read_blob: Callable[[Descriptor], bytes], what: str
-) -> dict[str, StepRecord]:
+) -> CacheContents:
     if media_type in INDEX_TYPES:
         descs = [descriptor(d) for d in raw.get("manifests") or []]
         configs = [d for d in descs if d.media_type == CACHE_CONFIG_MEDIA_TYPE]
@@ -153,4 +161,5 @@ def _read_records(
                 f"({known.diff_id} and {diff_id}): it cannot be trusted"
             )
         blobs[desc.digest] = Layer(Descriptor(desc.media_type, desc.digest, desc.size), diff_id)
-    return parse_config(parse_json(read_blob(configs[0]), f"cache config of {what}"), blobs)
+    config = parse_json(read_blob(configs[0]), f"cache config of {what}")
+    return CacheContents(parse_config(config, blobs), parse_mounts(config))

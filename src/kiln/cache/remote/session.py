@@ -3,15 +3,17 @@
 Each backend gets one session per build, opened when a flag of its type is first used
 and closed with the build. What to export (``mode=min`` / ``max``) is the solver's choice
 (:mod:`kiln.solver.cache_export`); this module only carries the chosen entries to every
-``--cache-to``.
+``--cache-to``. Cache mounts: the first ``--cache-from`` that holds a mount provides it;
+each mount an export selects (``cache-mounts=``) is sealed once, under the smallest
+``cache-mount-max-size`` of the exports that carry it, and the same record goes to all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
-from kiln.cache.records import CacheEntry
+from kiln.cache.records import CacheEntry, MountIdentity, MountRecord
 from kiln.cache.remote.base import (
     CacheBackend,
     CacheContext,
@@ -30,6 +32,14 @@ ExportT = TypeVar("ExportT", bound=ExportSpec)
 
 Entries = Callable[[str], list[CacheEntry]]
 """The entries to export for a mode (``min`` / ``max``)."""
+
+
+class MountExports(Protocol):
+    """The cache mounts a build can export (its stages use them) and how to seal one: its
+    current content as a record, within *max_size* bytes (None: nothing to export)."""
+
+    def identities(self) -> list[MountIdentity]: ...
+    def seal(self, identity: MountIdentity, max_size: int) -> MountRecord | None: ...
 
 
 class CacheSessions:
@@ -82,15 +92,37 @@ class RemoteCaches:
     def invalidate(self, digest: str) -> bool:
         return any([cache.invalidate(digest) for cache in self.loaded])
 
+    def mount(self, name: str) -> tuple[MountRecord, str] | None:
+        """The imported cache mount of identity *name* from the first source holding it."""
+        for cache in self.loaded:
+            record = cache.mount(name)
+            if record is not None:
+                return record, cache.name
+        return None
+
     def annotate_image(self, entries: Entries, config: ImageConfig, layers: list[Layer]) -> None:
         for item in self.exports:
             item.annotate_image(self.sessions, config, entries(item.options.mode), layers)
 
-    def export(self, entries: Entries) -> None:
+    def export(self, entries: Entries, mounts: MountExports | None = None) -> None:
+        chosen = self._chosen_mounts(mounts)
         for item in self.exports:
             try:
-                item.export(self.sessions, entries(item.options.mode))
+                records = [r for r in chosen if item.options.exports_mount(r.identity.id)]
+                item.export(self.sessions, entries(item.options.mode), records)
             except KilnError as exc:
                 if not item.options.ignore_error:
                     raise
                 self.warn(f"cache export {item.text} failed (ignored): {exc.what}")
+
+    def _chosen_mounts(self, mounts: MountExports | None) -> list[MountRecord]:
+        if mounts is None:
+            return []
+        caps: dict[MountIdentity, int] = {}
+        for identity in mounts.identities():
+            for item in self.exports:
+                if item.options.exports_mount(identity.id):
+                    cap = item.options.cache_mount_max_size
+                    caps[identity] = min(caps.get(identity, cap), cap)
+        sealed = [mounts.seal(identity, cap) for identity, cap in caps.items()]
+        return [record for record in sealed if record is not None]

@@ -1,10 +1,12 @@
 """``RUN --mount`` made real: cache directories, bind sources, tmpfs, secrets.
 
-- cache: a directory under ``$KILN_ROOT/cache/mounts`` per id, kept between builds (its
-  content is never part of a key). ``sharing=shared`` lets steps use it at once,
-  ``locked`` serialises them (across kiln processes too, with ``flock``), ``private``
-  gives a step that finds it busy a fresh directory of its own. A new cache directory is
-  seeded from ``from=<stage>`` (``source=`` inside it) when given.
+- cache: a directory per identity (id, uid, gid, mode, platform) kept by
+  :class:`kiln.cache.mounts.store.MountStore` between builds (its content is never part
+  of a key). ``sharing=shared`` lets steps use it at once, ``locked`` serialises them
+  (across kiln processes too, with ``flock``), ``private`` gives a step that finds it busy
+  a fresh directory of its own (never exported). A directory this machine lacks is
+  restored from an imported cache, else seeded from ``from=<stage>`` (``source=`` inside
+  it) when given, else made empty. Secret targets inside it are never exported.
 - bind of the build context: a view holding only what ``.dockerignore`` lets through
   (what the step's cache key covers), made once per content digest; ``rw`` binds get a
   private copy whose writes are dropped after the step, as in BuildKit.
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
+import posixpath
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kiln.cache.mounts.store import MountStore
+from kiln.cache.records import MountIdentity
 from kiln.errors import ContextError, KilnError
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.spec import HostMount, RunSpec, TmpfsSpec
@@ -37,7 +41,6 @@ from kiln.image import env_with
 from kiln.oci import digest_hex
 from kiln.solver.ops import file as fileops
 from kiln.source.context import BuildContext
-from kiln.state import KilnRoot
 
 # mounts a chain of layers read-only and yields its root
 ChainMounter = Callable[[ImageSource | int], contextlib.AbstractContextManager[Path]]
@@ -46,12 +49,13 @@ ChainMounter = Callable[[ImageSource | int], contextlib.AbstractContextManager[P
 class RunMounts:
     def __init__(
         self,
-        root: KilnRoot,
+        store: MountStore,
         context: BuildContext,
         mount_source: ChainMounter,
         secrets: dict[str, str],
     ) -> None:
-        self.root = root
+        self.store = store
+        self.root = store.root
         self.context = context
         self.mount_source = mount_source
         self.secrets = secrets
@@ -64,18 +68,33 @@ class RunMounts:
             if isinstance(mount, TmpfsMount):
                 spec.tmpfs.append(TmpfsSpec(mount.target, mount.size))
             elif isinstance(mount, CacheMount):
-                spec.binds.append(stack.enter_context(self._cache(mount, scratch / f"cache-{n}")))
+                secrets = [m.target for m in op.mounts if isinstance(m, SecretMount) and m.target]
+                secret_paths = _inside(mount.target, secrets)
+                host = stack.enter_context(self._cache(mount, scratch / f"cache-{n}", secret_paths))
+                spec.binds.append(host)
             elif isinstance(mount, BindMount):
                 spec.binds.append(stack.enter_context(self._bind(mount, scratch / f"bind-{n}")))
             elif isinstance(mount, SecretMount):
                 self._secret(mount, spec, scratch / f"secret-{n}")
 
     # ------------------------------------------------------------------ cache
+    def identity(self, mount: CacheMount) -> MountIdentity:
+        return self.store.identity(mount.id, mount.uid, mount.gid, mount.mode)
+
+    def prefetch(self, op: ExecOp) -> None:
+        """Start fetching the imported cache mounts *op* will need (before its parent
+        layers are unpacked, so both downloads run at once)."""
+        for mount in op.mounts:
+            if isinstance(mount, CacheMount):
+                self.store.prefetch(self.identity(mount))
+
     @contextlib.contextmanager
-    def _cache(self, mount: CacheMount, private_dir: Path) -> Iterator[HostMount]:
-        name = hashlib.sha256(mount.id.encode()).hexdigest()[:32]
-        host = self.root.cache_mounts / name
-        with open(self.root.cache_mounts / f".{name}.lock", "a") as lock:
+    def _cache(self, mount: CacheMount, private_dir: Path, secret_paths: list[str]
+               ) -> Iterator[HostMount]:  # fmt: skip
+        ident = self.identity(mount)
+        host = self.store.directory(ident)
+        host.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.store.lock_path(ident), "a") as lock:
             if mount.sharing == "private":
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,8 +106,9 @@ class RunMounts:
                     return
             else:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # creation and seeding happen once
-            if not host.is_dir():
+            if not host.is_dir() and not self.store.restore(ident):
                 self._create_cache(mount, host)
+            self.store.used(ident, secret_paths)
             if mount.sharing == "shared":
                 fcntl.flock(lock, fcntl.LOCK_SH)  # others may use it at the same time
             yield HostMount(host, mount.target, readonly=mount.readonly)
@@ -163,6 +183,17 @@ class RunMounts:
             os.chown(host, mount.uid, mount.gid)
             os.chmod(host, mount.mode)
             spec.binds.append(HostMount(host, mount.target, readonly=True))
+
+
+def _inside(target: str, paths: list[str]) -> list[str]:
+    """*paths* that lie inside the directory *target*, relative to it."""
+    base = posixpath.normpath("/" + target)
+    out = []
+    for path in paths:
+        norm = posixpath.normpath("/" + path)
+        if norm != base and norm.startswith(base.rstrip("/") + "/"):
+            out.append(norm[len(base.rstrip("/")) + 1 :])
+    return out
 
 
 def _copy_tree(source: Path, dest: Path) -> None:
