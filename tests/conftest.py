@@ -38,6 +38,7 @@ pytest_plugins = [
     "tests.fixtures.gha",
     "tests.fixtures.build",
     "tests.fixtures.docker",
+    "tests.fixtures.debian",
 ]
 
 

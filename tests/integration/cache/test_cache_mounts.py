@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from tests.fixtures.build import KilnRun, corrupt, make_context
+from tests.fixtures.gha import gha_env
 from tests.fixtures.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -316,8 +317,6 @@ def test_a_local_cache_carries_the_mount_and_stays_bounded(kiln, busybox_image, 
 def test_the_gha_cache_carries_the_mount(
     kiln, busybox_image, gha_server_factory, tmp_path: Path, version: str
 ):
-    from tests.integration.cache.test_gha_cache import gha_env
-
     server = gha_server_factory()
     env = gha_env(server, server.token("refs/heads/main"), version)
     # one scope for the three builds (the default one names the context directory)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from tests.fixtures.build import corrupt, make_context
-from tests.fixtures.gha import GhaServer
+from tests.fixtures.gha import GhaServer, gha_env
 
 pytestmark = pytest.mark.integration
 
@@ -25,19 +25,6 @@ COPY last.txt /last.txt
 FROM ${BASE} AS docs
 RUN echo docs > /docs.txt
 """
-
-
-def gha_env(server: GhaServer, token: str, version: str) -> dict[str, str]:
-    """What a runner exposes to a step (kiln reads it exactly as buildx does)."""
-    env = {"ACTIONS_RUNTIME_TOKEN": token, "ACTIONS_CACHE_SERVICE_V2": ""}
-    if version == "2":
-        env["ACTIONS_CACHE_SERVICE_V2"] = "true"
-        env["ACTIONS_RESULTS_URL"] = server.url
-        env["ACTIONS_CACHE_URL"] = ""
-    else:
-        env["ACTIONS_CACHE_URL"] = server.url
-        env["ACTIONS_RESULTS_URL"] = ""
-    return env
 
 
 GZIP = b"\x1f\x8b"  # a layer blob starts so; the JSON index does not

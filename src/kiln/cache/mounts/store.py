@@ -42,7 +42,7 @@ from kiln.cache.records import MountIdentity, MountLayer, MountRecord, MountSour
 from kiln.content import BlobLocator, BlobStore
 from kiln.differ.layer import write_tree
 from kiln.errors import KilnError
-from kiln.oci import Descriptor, Layer
+from kiln.oci import Descriptor, Layer, is_digest
 from kiln.snapshot.unpack import unpack_stored
 from kiln.state import KilnRoot, write_atomic
 from kiln.units import format_size
@@ -263,12 +263,15 @@ class MountStore:
             if rel not in excluded:
                 self.warn(f"cache mount {ident.describe()}: {rel} holds a secret and is not "
                           "exported")  # fmt: skip
+        excluded |= set(found.left_out)  # and stays out of later exports, secret or not
         chain = state.chain if all(self._available(m.layer) for m in state.chain) else []
         if not chain and not found.table:
             return None
         size = found.content_bytes
         if chain and found.table == state.table:
             report.export = "unchanged"
+            if excluded != state.excluded:
+                self._write_state(ident, _State(chain, state.table, excluded, state.updated))
             return MountRecord(ident, tuple(chain), size, state.updated or self.now())
         changed, deleted = changes(state.table if chain else {}, found.table)
         new_chain: list[MountLayer]
@@ -333,7 +336,7 @@ class MountStore:
             table = {str(k): tuple(int(x) for x in v) for k, v in raw["table"].items()}
             return _State(chain, table, set(raw.get("excluded") or []),  # type: ignore[arg-type]
                           str(raw.get("updated") or ""))  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
             return _State()
 
     def _write_state(self, ident: MountIdentity, state: _State) -> None:
@@ -359,6 +362,8 @@ class MountStore:
 
 def _mount_layer(raw: dict[str, Any]) -> MountLayer:
     layer = Layer(Descriptor.from_json(raw["blob"]), str(raw["diffID"]))
+    if not (is_digest(layer.digest) and is_digest(layer.diff_id)):
+        raise ValueError("not a digest")
     return MountLayer(layer, int(raw["content"]))
 
 

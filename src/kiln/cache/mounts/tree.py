@@ -8,7 +8,6 @@ table was made differs even if its size and mtime were put back; reading does no
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -17,8 +16,6 @@ from pathlib import Path
 
 Entry = tuple[int, int, int, int, int, int, int]  # mode, uid, gid, size, mtime, ctime, inode
 Table = dict[str, Entry]
-
-_SECRET_READ_LIMIT = 1 << 20
 
 
 def _entry(st: os.stat_result) -> Entry:
@@ -79,9 +76,10 @@ def scan(root: Path, *, excluded: Collection[str] = (), secrets: Collection[byte
 
 
 def _holds_secret(path: str, secrets: Collection[bytes]) -> bool:
+    """Whether the file is one of *secrets* (its size is one of theirs: read it whole)."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read(_SECRET_READ_LIMIT + 1)
+            data = fh.read()
     except OSError:
         return False
     return data in secrets
@@ -114,27 +112,31 @@ class Trimmed:
 
 def trim(root: Path, max_size: int) -> Trimmed:
     """Remove the least recently used regular files (by the later of access and
-    modification time) until the files below *root* hold at most *max_size* bytes."""
+    modification time) until the files below *root* hold at most *max_size* bytes. A file's
+    bytes are freed with its last link below *root*."""
     files: list[tuple[int, str, int]] = []
-    seen: set[int] = set()
-    total = 0
+    links: dict[int, int] = {}  # inode: links below root
+    sizes: dict[int, int] = {}
     for _rel, path, st in walk(root):
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        size = st.st_size if st.st_ino not in seen else 0  # a hardlink holds no more bytes
-        seen.add(st.st_ino)
-        total += size
-        files.append((max(st.st_atime_ns, st.st_mtime_ns), path, size))
+        if stat.S_ISREG(st.st_mode):
+            links[st.st_ino] = links.get(st.st_ino, 0) + 1
+            sizes[st.st_ino] = st.st_size
+            files.append((max(st.st_atime_ns, st.st_mtime_ns), path, st.st_ino))
+    total = sum(sizes.values())
     if total <= max_size:
         return Trimmed(0, 0, total)
     files.sort()
     left, count, freed = total, 0, 0
-    for _used, path, size in files:
+    for _used, path, inode in files:
         if left <= max_size:
             break
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(path)
-            left -= size
-            freed += size
-            count += 1
+        except OSError:
+            continue
+        count += 1
+        links[inode] -= 1
+        if links[inode] == 0:
+            left -= sizes[inode]
+            freed += sizes[inode]
     return Trimmed(count, freed, total)
