@@ -39,6 +39,7 @@ pytest_plugins = [
     "tests.fixtures.build",
     "tests.fixtures.docker",
     "tests.fixtures.debian",
+    "tests.fixtures.platforms",
 ]
 
 

@@ -23,10 +23,10 @@ from kiln.cache.remote.base import CacheContext, CacheType, ExportFlag, ImportFl
 from kiln.cache.remote.session import RemoteCaches
 from kiln.cache.store import LocalCache, now_rfc3339
 from kiln.content import BlobLocator, BlobStore
-from kiln.errors import BlobUnavailableError
+from kiln.errors import BlobUnavailableError, UsageError
 from kiln.executor.runc import RuncExecutor
 from kiln.exporter.base import ExportContext, OutputFlag, OutputType, default_oci_mediatypes
-from kiln.exporter.image import ImageArtifacts, ImageSet
+from kiln.exporter.image import BuildImages, ImageSet
 from kiln.exporter.metadata import metadata, write_metadata
 from kiln.exporter.outputs.archive import DockerArchiveExporter, OciArchiveExporter
 from kiln.exporter.outputs.local import LocalExporter
@@ -39,7 +39,9 @@ from kiln.oci import Platform, host_platform
 from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import DockerConfig
 from kiln.snapshot.snapshots import SnapshotStore
-from kiln.solver.cache_export import ExportSelection, MountSelection
+from kiln.solver.cache_export import ExportSelection, MountSelection, combined
+from kiln.solver.gate import StepGate
+from kiln.solver.platforms import solve_all
 from kiln.solver.solver import Solver
 from kiln.solver.types import BuildResult, Progress, SolveOptions, StepReport
 from kiln.source.context import open_context
@@ -73,7 +75,7 @@ class BuildOptions:
     outputs: tuple[OutputFlag, ...] = ()
     network: str = "default"
     metadata_file: Path | None = None
-    platform: Platform | None = None
+    platforms: tuple[Platform, ...] = ()  # empty: the host's
     source_date_epoch: int | None = None
     secrets: tuple[tuple[str, str], ...] = ()
     compression: str = "gzip"
@@ -85,10 +87,28 @@ class BuildOptions:
 
 @dataclass
 class BuildOutcome:
-    result: BuildResult
-    artifacts: ImageArtifacts
+    results: list[BuildResult]  # one per platform, in --platform order
+    images: BuildImages
+    oci: bool  # the media types of the outputs' manifests
     pushed: list[str]
     stats: TransferStats
+
+    @property
+    def digest(self) -> str:
+        """The image's manifest digest, or the index's for a multi-platform build."""
+        return self.images.top(self.oci)[1].digest
+
+    @property
+    def image_id(self) -> str:
+        """What ``buildx --quiet`` prints: the config digest (the index's digest when
+        there are several images)."""
+        if self.images.multi:
+            return self.digest
+        return self.images.single().get(self.oci).config_desc.digest
+
+    @property
+    def reports(self) -> list[StepReport]:
+        return [r for result in self.results for r in result.reports]
 
 
 def _insecure_hosts(options: BuildOptions) -> set[str]:
@@ -99,6 +119,10 @@ def _insecure_hosts(options: BuildOptions) -> set[str]:
 
 
 def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
+    platforms = list(options.platforms) or [host_platform()]
+    multi = len(platforms) > 1
+    if multi:
+        check_multi_platform(options.outputs, platforms)
     root = KilnRoot(options.root or default_root()).ensure()
     sweep_stale_sessions(root.tmp)
     blobs = BlobStore(root.blobs)
@@ -109,22 +133,20 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         RegistryClient(DockerConfig(), stats=stats, insecure=_insecure_hosts(options)) as client,
     ):
         context, dockerfile = open_context(options.context, options.dockerfile, root.path)
-        plan_options = PlanOptions(
-            platform=options.platform or host_platform(),
-            build_args=options.build_args,
-            target=options.target,
-            labels=options.labels,
-            network=options.network,
-        )
         resolver = RegistryResolver(client, locator)
-        planner = Planner(parse_file(dockerfile), context, resolver, plan_options, UrlFetcher(root))
-        plan = planner.plan()
-        for warning in plan.warnings:
+        plans = []
+        for platform in platforms:  # one plan per target platform (bases resolved per platform)
+            plan_options = PlanOptions(platform=platform, build_args=options.build_args,
+                                       target=options.target, labels=options.labels,
+                                       network=options.network, platform_labels=multi)  # fmt: skip
+            planner = Planner(parse_file(dockerfile), context, resolver, plan_options,
+                              UrlFetcher(root))  # fmt: skip
+            plans.append(planner.plan())
+        for warning in dict.fromkeys(w for plan in plans for w in plan.warnings):
             progress.message(f"WARNING: {warning}")
-        platform = plan_options.platform
-        scope = default_scope(context.root, dockerfile, options.target, platform)
+        scope = default_scope(context.root, dockerfile, options.target, platforms)
         warn = lambda m: progress.message(f"WARNING: {m}")  # noqa: E731
-        cache_ctx = CacheContext(client, blobs, locator, warn, stats, platform, scope)
+        cache_ctx = CacheContext(client, blobs, locator, warn, stats, platforms[0], scope)
         caches = RemoteCaches(cache_ctx, options.cache_from, options.cache_to)
         stack.callback(caches.close)
         remote = caches.load()
@@ -134,7 +156,6 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
             root,
             blobs,
             locator,
-            platform=str(platform),
             now=lambda: now_rfc3339(options.source_date_epoch),
             source=caches,
             message=progress.message,
@@ -149,31 +170,52 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
             source_date_epoch=options.source_date_epoch,
             secrets=options.secrets,
         )
+        oci = default_oci_mediatypes(options.outputs)
+        gate = StepGate()
         ran: dict[str, StepReport] = {}  # steps run by earlier passes, reported as run
         while True:  # each pass forgets at least one corrupt cached blob, so this ends
-            solver = Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
-                            progress, solve_options, cache_mounts, remote, ran)  # fmt: skip
+            solvers = [Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
+                              progress, solve_options, cache_mounts, remote, ran, gate)
+                       for _ in plans]  # fmt: skip
             try:
-                result = solver.solve(plan)
-                selection = ExportSelection(result, solver.lookup)
-                config = result.target.config.clone()
-                caches.annotate_image(selection, config, result.target.layers)
-                images = ImageSet(config, result.target.layers)
-                art = images.get(default_oci_mediatypes(options.outputs))
-                export_ctx = ExportContext(images, client, locator, progress.message, root.tempdir)
+                results = solve_all(solvers, plans)
+                selections = [
+                    ExportSelection(r, s.lookup) for r, s in zip(results, solvers, strict=True)
+                ]
+                images = []
+                for platform, result, selection in zip(platforms, results, selections, strict=True):
+                    config = result.target.config.clone()
+                    caches.annotate_image(selection, config, result.target.layers)
+                    images.append((platform, ImageSet(config, result.target.layers)))
+                built = BuildImages(images)
+                export_ctx = ExportContext(built, client, locator, progress.message, root.tempdir)
                 pushed = [ref for output in options.outputs for ref in output.export(export_ctx)]
-                caches.export(selection, MountSelection(plan, cache_mounts))
+                caches.export(combined(selections), MountSelection(plans, cache_mounts))
                 break
             except BlobUnavailableError as exc:
                 # a cached result whose blob is corrupt or gone is never used: forget it
                 # and solve again (the step runs)
                 if not caches.invalidate(exc.digest):
                     raise
-                ran.update(solver.ran())
+                for solver in solvers:
+                    ran.update(solver.ran())
                 blobs.remove(exc.digest)
                 progress.message(f"WARNING: {exc.what}; running its step instead")
-    outcome = BuildOutcome(result, art, pushed, stats)
+    outcome = BuildOutcome(results, built, oci, pushed, stats)
     if options.metadata_file is not None:
-        write_metadata(options.metadata_file, metadata(art, pushed, result.reports, stats,
+        write_metadata(options.metadata_file, metadata(built, oci, pushed, outcome.reports, stats,
                                                        cache_mounts.reports()))  # fmt: skip
     return outcome
+
+
+def check_multi_platform(outputs: tuple[OutputFlag, ...], platforms: list[Platform]) -> None:
+    """Every output can hold an image index, or the build stops before it starts."""
+    for output in outputs:
+        problem = output.multi_platform_problem
+        if problem is not None:
+            shown = ",".join(map(str, platforms))
+            raise UsageError(
+                f"--output {output.text}: {problem}",
+                hint=f"build one platform at a time (--platform {platforms[0]}) or use "
+                f"type=oci or type=registry for --platform {shown}",
+            )

@@ -6,7 +6,7 @@ import hashlib
 import json
 import platform as _platform
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,30 @@ class Platform:
 
 def _normalise_arch(arch: str) -> str:
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(arch, arch)
+
+
+# architectures kiln can build for (natively or under QEMU user emulation)
+KNOWN_ARCHITECTURES = ("amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64",
+                       "mips64le", "loong64")  # fmt: skip
+
+
+def parse_platforms(values: Sequence[str]) -> list[Platform]:
+    """``--platform`` values (each a comma-separated list) as distinct Linux platforms;
+    raises ValueError naming a bad one."""
+    out: list[Platform] = []
+    for value in values:
+        for text in (t.strip() for t in value.split(",")):
+            if not text:
+                continue
+            platform = Platform.parse(text)
+            if platform.os != "linux":
+                raise ValueError(f"{text}: kiln builds Linux images only")
+            if platform.architecture not in KNOWN_ARCHITECTURES:
+                raise ValueError(f"{text}: unknown architecture {platform.architecture!r} "
+                                 f"(known: {', '.join(KNOWN_ARCHITECTURES)})")  # fmt: skip
+            if platform not in out:
+                out.append(platform)
+    return out
 
 
 def host_platform() -> Platform:

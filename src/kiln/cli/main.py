@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kiln.cli import build as build_cmd
     from kiln.cli import cache as cache_cmd
     from kiln.cli import login as login_cmd
+    from kiln.cli import qemu as qemu_cmd
 
     parser = argparse.ArgumentParser(
         prog="kiln", description="Daemonless container builds with fast CI caches."
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_cmd.register(sub)
     login_cmd.register(sub)
     cache_cmd.register(sub)
+    qemu_cmd.register(sub)
     version = sub.add_parser("version", help="print kiln's version")
     version.set_defaults(handler=_version)
     return parser

@@ -23,12 +23,14 @@ from kiln.solver.types import Progress
 
 class _Numbering:
     def __init__(self) -> None:
-        self._ids: dict[tuple[int, int], int] = {}
+        self._ids: dict[tuple[str, int, int], int] = {}
         self._lock = threading.Lock()
 
     def of(self, step: Step) -> int:
         with self._lock:
-            return self._ids.setdefault((step.stage, step.number), len(self._ids) + 1)
+            return self._ids.setdefault(
+                (step.stage_name, step.stage, step.number), len(self._ids) + 1
+            )
 
 
 class PlainProgress:
@@ -118,7 +120,9 @@ class RichProgress:
     def __init__(self) -> None:
         self.console = Console(stderr=True)
         self._lock = threading.Lock()
-        self._rows: dict[tuple[int, int], list[object]] = {}  # key -> [step, state, t0, secs, last]
+        self._rows: dict[
+            tuple[str, int, int], list[object]
+        ] = {}  # key -> [step, state, t0, secs, last]
         self._messages: list[str] = []
         self.live = Live(self._render(), console=self.console, refresh_per_second=8,
                          transient=False, get_renderable=self._render)  # fmt: skip
@@ -157,7 +161,9 @@ class RichProgress:
 
     def _set(self, step: Step, **values: object) -> None:
         with self._lock:
-            row = self._rows.setdefault((step.stage, step.number), [step, "running", 0.0, 0.0, ""])
+            row = self._rows.setdefault(
+                (step.stage_name, step.stage, step.number), [step, "running", 0.0, 0.0, ""]
+            )
             for i, name in enumerate(("state", "t0", "secs", "last"), start=1):
                 if name in values:
                     row[i] = values[name]

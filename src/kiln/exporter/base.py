@@ -19,7 +19,7 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 from kiln.attrs import Attrs, flag_error
 from kiln.content import BlobLocator
 from kiln.errors import UsageError
-from kiln.exporter.image import ImageSet
+from kiln.exporter.image import BuildImages
 from kiln.registry.client import RegistryClient
 from kiln.registry.reference import Reference
 
@@ -33,7 +33,7 @@ _COMPRESSION_ATTRS = {"compression", "compression-level", "force-compression"}
 class ExportContext:
     """What exporters work with once the image is built."""
 
-    images: ImageSet
+    images: BuildImages  # one per platform (see BuildImages.single / .top)
     client: RegistryClient
     locator: BlobLocator
     message: Callable[[str], None]
@@ -65,6 +65,10 @@ class Exporter(ABC, Generic[S]):
     def insecure_hosts(self, spec: S) -> frozenset[str]:
         return frozenset()
 
+    def multi_platform_problem(self, spec: S) -> str | None:
+        """Why the output cannot hold a multi-platform build (None: it can)."""
+        return None
+
     def bind(self, attrs: Attrs, text: str, tags: tuple[str, ...]) -> OutputFlag:
         attrs.check(self.attributes, self.name)
         return Output(self, self.parse(attrs, tags), text)
@@ -81,6 +85,8 @@ class OutputFlag(Protocol):
     def oci_mediatypes(self) -> bool | None: ...
     @property
     def insecure_hosts(self) -> frozenset[str]: ...
+    @property
+    def multi_platform_problem(self) -> str | None: ...
     def export(self, ctx: ExportContext) -> list[str]: ...
 
 
@@ -107,6 +113,10 @@ class Output(Generic[S]):
     @property
     def insecure_hosts(self) -> frozenset[str]:
         return self.exporter.insecure_hosts(self.spec)
+
+    @property
+    def multi_platform_problem(self) -> str | None:
+        return self.exporter.multi_platform_problem(self.spec)
 
     def export(self, ctx: ExportContext) -> list[str]:
         return self.exporter.export(self.spec, ctx)

@@ -1,8 +1,10 @@
-"""Image assembly: the final config and manifest of a build result."""
+"""Image assembly: the final config and manifest of a build result, and the image index
+of a multi-platform build."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kiln.errors import KilnError
@@ -12,12 +14,15 @@ from kiln.oci import (
     DOCKER_LAYER_GZIP,
     DOCKER_LAYER_TAR,
     DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
     OCI_MANIFEST,
     Descriptor,
     Layer,
+    Platform,
     sha256_digest,
 )
 
@@ -86,3 +91,74 @@ class ImageSet:
         if oci not in self._made:
             self._made[oci] = assemble(self.config, self.layers, oci=oci)
         return self._made[oci]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexArtifacts:
+    """A multi-platform build's image index (a Docker manifest list with Docker media
+    types) and the per-platform images it lists, in the order of ``--platform``."""
+
+    index: bytes
+    desc: Descriptor
+    images: tuple[tuple[Platform, ImageArtifacts], ...]
+
+    @property
+    def digest(self) -> str:
+        return self.desc.digest
+
+
+def assemble_index(
+    images: Sequence[tuple[Platform, ImageArtifacts]], *, oci: bool
+) -> IndexArtifacts:
+    media = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
+    entries = [
+        Descriptor(art.manifest_desc.media_type, art.digest, art.manifest_desc.size,
+                   platform=platform_json(platform))
+        for platform, art in images
+    ]  # fmt: skip
+    body = {"schemaVersion": 2, "mediaType": media, "manifests": [d.to_json() for d in entries]}
+    data = json.dumps(body, indent=2).encode()
+    return IndexArtifacts(data, Descriptor(media, sha256_digest(data), len(data)), tuple(images))
+
+
+def platform_json(platform: Platform) -> dict[str, str]:
+    out = {"architecture": platform.architecture, "os": platform.os}
+    if platform.variant:
+        out["variant"] = platform.variant
+    return out
+
+
+class BuildImages:
+    """What a build made: one image per platform; with several, the index over them.
+    Outputs that hold one image use :meth:`single`; those that hold an index use
+    :meth:`top` (the index, or the one image's manifest)."""
+
+    def __init__(self, images: Sequence[tuple[Platform, ImageSet]]) -> None:
+        self.images = list(images)
+        self._index: dict[bool, IndexArtifacts] = {}
+
+    @property
+    def multi(self) -> bool:
+        return len(self.images) > 1
+
+    def single(self) -> ImageSet:
+        if self.multi:
+            raise KilnError("internal error: a multi-platform build has no single image")
+        return self.images[0][1]
+
+    def per_platform(self, oci: bool) -> list[tuple[Platform, ImageArtifacts]]:
+        return [(platform, images.get(oci)) for platform, images in self.images]
+
+    def index(self, oci: bool) -> IndexArtifacts:
+        if oci not in self._index:
+            self._index[oci] = assemble_index(self.per_platform(oci), oci=oci)
+        return self._index[oci]
+
+    def top(self, oci: bool) -> tuple[bytes, Descriptor]:
+        """The manifest an output names: the index of a multi-platform build, else the
+        image's manifest."""
+        if self.multi:
+            index = self.index(oci)
+            return index.index, index.desc
+        art = self.single().get(oci)
+        return art.manifest, art.manifest_desc

@@ -16,19 +16,29 @@ from typing import Any
 
 from kiln.cache.mounts.store import MountReport
 from kiln.errors import KilnError
-from kiln.exporter.image import ImageArtifacts
+from kiln.exporter.image import BuildImages
 from kiln.http.stats import TransferStats
 from kiln.solver.types import StepReport
 from kiln.state import write_atomic
 
 
-def metadata(art: ImageArtifacts, pushed: list[str], reports: list[StepReport],
+def metadata(images: BuildImages, oci: bool, pushed: list[str], reports: list[StepReport],
              stats: TransferStats, mounts: Sequence[MountReport] = ()
              ) -> dict[str, Any]:  # fmt: skip
-    return {
-        "containerimage.digest": art.digest,
-        "containerimage.config.digest": art.config_desc.digest,
-        "containerimage.descriptor": art.manifest_desc.to_json(),
+    """A multi-platform build's digest and descriptor are its index's (as buildx), and
+    ``platforms`` lists each image."""
+    _data, top = images.top(oci)
+    out: dict[str, Any] = {"containerimage.digest": top.digest}
+    if not images.multi:
+        out["containerimage.config.digest"] = images.single().get(oci).config_desc.digest
+    out["containerimage.descriptor"] = top.to_json()
+    if images.multi:
+        out["platforms"] = [
+            {"platform": str(platform), "digest": art.digest,
+             "config.digest": art.config_desc.digest}
+            for platform, art in images.per_platform(oci)
+        ]  # fmt: skip
+    return out | {
         "image.name": ",".join(pushed),
         "pushed": pushed,
         "steps": [

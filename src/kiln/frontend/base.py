@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kiln.image import ImageConfig
+from kiln.oci import Platform
 from kiln.source.image import ImageBase
 
 # ---------------------------------------------------------------------------- bases
@@ -91,6 +92,8 @@ class ExecOp:
     files: tuple[tuple[str, str, int], ...] = ()
     # proxy build args: in the environment, but not in the cache key (as BuildKit)
     proxy_env: tuple[str, ...] = ()
+    # the platform the process runs as (the stage's): foreign ones under emulation
+    platform: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,7 @@ class StagePlan:
     steps: list[Step] = field(default_factory=list)
     config: ImageConfig | None = None  # final config (history without timestamps)
     line: int = 0
+    platform: Platform | None = None  # FROM --platform=..., else the target platform
 
     def dependencies(self) -> set[int]:
         deps = {d for s in self.steps for d in s.depends_on()}

@@ -315,6 +315,7 @@ def _run(p: Planning, st: StageState, ins: Instruction) -> None:
         mounts=mounts,
         files=files,
         proxy_env=tuple(p.proxy_env(st)),
+        platform=str(st.plan.platform or p.options.platform),
     )
     prefix = f"|{len(arg_env)} {' '.join(arg_env)} " if arg_env else ""
     _step(st, ins, op, f"RUN {prefix}{' '.join(args)} # buildkit")

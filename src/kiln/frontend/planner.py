@@ -67,7 +67,8 @@ class Planner:
         self.automatic = platform_args(options.platform, host_platform())
         self.stages: dict[int, StagePlan] = {}
         self._planning: set[int] = set()
-        self._images: dict[str, ImageBase] = {}
+        self._images: dict[tuple[str, Platform], ImageBase] = {}
+        self._platforms: dict[int, Platform] = {}  # each stage's platform, once known
 
     # ------------------------------------------------------------------ entry point
     def plan(self) -> BuildPlan:
@@ -104,15 +105,17 @@ class Planner:
         except WordError as exc:
             raise self.error(str(exc), line) from exc
 
-    def resolve_image(self, ref: str, line: int) -> ImageBase:
-        if ref not in self._images:
+    def resolve_image(self, ref: str, line: int, platform: Platform | None = None) -> ImageBase:
+        """The image *ref* for *platform* (default: the target platform)."""
+        platform = platform or self.options.platform
+        if (ref, platform) not in self._images:
             try:
-                self._images[ref] = self.resolver.resolve(ref, self.options.platform)
+                self._images[ref, platform] = self.resolver.resolve(ref, platform)
             except DockerfileError:
                 raise
             except KilnError as exc:
                 raise exc.prefixed(f"{self.path}:{line}") from exc
-        return self._images[ref]
+        return self._images[ref, platform]
 
     def url_digest(self, url: str, checksum: str | None, line: int) -> str:
         if self.urls is None:
@@ -143,7 +146,7 @@ class Planner:
             return idx
         if name.isdigit():
             raise self.error(f"invalid --from: stage {name} does not exist", line)
-        return self.resolve_image(name, line)
+        return self.resolve_image(name, line, self._platforms.get(before))
 
     def arg_declared(self, name: str, default: str | None, state: StageState, line: int) -> None:
         if name in self.options.build_args:
@@ -206,15 +209,19 @@ class Planner:
             raise self.error(f"circular dependency detected on stage: {shown}", raw.line)
         self._planning.add(index)
         raw = self.parsed.stages[index]
-        base, config = self._base(raw)
+        base, config, platform = self._base(raw)
+        self._platforms[index] = platform
         multi = len(self.parsed.stages) > 1
         plan = StagePlan(
             index=index,
             name=raw.name,
             base=base,
             line=raw.line,
+            platform=platform,
         )
         display = plan.name or (f"stage-{index}" if multi else "build")
+        if self.options.platform_labels:
+            display = f"{self.options.platform} {display}"
         state = StageState(plan=plan, config=config)
         triggers = config.onbuild
         config.onbuild = []
@@ -241,7 +248,9 @@ class Planner:
         self._planning.discard(index)
         return plan
 
-    def _base(self, raw: RawStage) -> tuple[Base, ImageConfig]:
+    def _base(self, raw: RawStage) -> tuple[Base, ImageConfig, Platform]:
+        """The stage's base, its config, and the stage's platform: ``FROM --platform=``,
+        else the base stage's, else the target platform."""
         name = self.expand(raw.base, self._meta_env(), raw.line)
         if not name:
             raise self.error(
@@ -249,33 +258,28 @@ class Planner:
                 raw.line,
                 hint="pass the missing build argument with --build-arg",
             )
+        platform: Platform | None = None
         if raw.platform:
             wanted = self.expand(raw.platform, self._meta_env(), raw.line)
             try:
-                parsed = Platform.parse(wanted)
+                platform = Platform.parse(wanted)
             except ValueError as exc:
                 raise self.error(str(exc), raw.line) from exc
-            host = self.options.platform
-            if (parsed.os, parsed.architecture) != (host.os, host.architecture):
-                raise self.error(
-                    f"platform {wanted} is not supported: kiln builds for the host "
-                    f"platform {host} only",
-                    raw.line,
-                )
         idx = self.stage_by_name(name, raw.index)
         if idx is not None:
             parent = self._plan_stage(idx)
-            assert parent.config is not None
-            return StageBase(idx), parent.config.clone()
+            assert parent.config is not None and parent.platform is not None
+            return StageBase(idx), parent.config.clone(), platform or parent.platform
+        platform = platform or self.options.platform
         if name.lower() == "scratch":
-            cfg = ImageConfig(platform=self.options.platform, env=[f"PATH={DEFAULT_PATH}"])
-            return ScratchBase(), cfg
-        image = self.resolve_image(name, raw.line)
+            cfg = ImageConfig(platform=platform, env=[f"PATH={DEFAULT_PATH}"])
+            return ScratchBase(), cfg, platform
+        image = self.resolve_image(name, raw.line, platform)
         cfg = image.config.clone()
         cfg.diff_ids = []
         if not any(e.startswith("PATH=") for e in cfg.env):
             cfg.env.insert(0, f"PATH={DEFAULT_PATH}")
-        return image, cfg
+        return image, cfg, platform
 
     def workdir_join(self, state: StageState, path: str) -> str:
         base = state.config.workdir or "/"

@@ -37,11 +37,13 @@ class UrlFetcher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PlanOptions:
-    platform: Platform
+    platform: Platform  # the target platform
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = "default"
+    # a multi-platform build: step labels start with the stage's platform
+    platform_labels: bool = False
 
 
 @dataclass

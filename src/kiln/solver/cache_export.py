@@ -12,7 +12,7 @@ exported as imported, so a fully cached build does not drop it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kiln.cache.mounts.store import MountStore
 from kiln.cache.records import CacheEntry, CacheHit, MountIdentity, MountRecord, StepRecord
@@ -93,22 +93,32 @@ def _stage_entries(result: BuildResult, index: int, lookup: Lookup,
     return entries
 
 
-class MountSelection:
-    """The cache mounts of a plan, sealed by the store (``RemoteCaches.export``)."""
+def combined(selections: Sequence[ExportSelection]) -> Callable[[str], list[CacheEntry]]:
+    """The entries of every platform's result (a multi-platform build exports one cache)."""
 
-    def __init__(self, plan: BuildPlan, store: MountStore) -> None:
-        self.plan = plan
+    def entries(mode: str) -> list[CacheEntry]:
+        return [entry for selection in selections for entry in selection(mode)]
+
+    return entries
+
+
+class MountSelection:
+    """The cache mounts of a build's plans (one per platform), sealed by the store
+    (``RemoteCaches.export``); a mount's identity has the platform of its step."""
+
+    def __init__(self, plans: Sequence[BuildPlan], store: MountStore) -> None:
+        self.plans = list(plans)
         self.store = store
 
     def identities(self) -> list[MountIdentity]:
         found: dict[MountIdentity, None] = {}
-        for index in self.plan.needed_order():
-            for step in self.plan.stages[index].steps:
-                if isinstance(step.op, ExecOp):
-                    for mount in step.op.mounts:
-                        if isinstance(mount, CacheMount):
-                            ident = self.store.identity(mount.id, mount.uid, mount.gid, mount.mode)
-                            found[ident] = None
+        for plan in self.plans:
+            for index in plan.needed_order():
+                for step in plan.stages[index].steps:
+                    if isinstance(step.op, ExecOp):
+                        for mount in step.op.mounts:
+                            if isinstance(mount, CacheMount):
+                                found[self.store.identity_of(mount, step.op.platform)] = None
         return list(found)
 
     def seal(self, identity: MountIdentity, max_size: int) -> MountRecord | None:

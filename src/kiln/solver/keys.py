@@ -45,7 +45,7 @@ from kiln.frontend.base import (
 from kiln.oci import canonical_json, sha256_digest
 
 # Bump when the meaning of a key changes: old cache entries then simply stop matching.
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 
 def digest_of(structure: dict[str, Any]) -> str:
@@ -138,6 +138,7 @@ def op_fields(op: Op, keys: dict[int, StageKeys], inputs: str | None = None) -> 
             "network": op.network,  # none vs host can change what a step produces
             "mounts": [_mount_fields(m, keys, inputs is not None) for m in op.mounts],
             "files": [list(f) for f in op.files],  # heredoc scripts
+            "platform": op.platform,  # what the process runs as (emulated or not)
         }
         if inputs is not None:
             fields["stage-content"] = inputs  # what the bind mounts from stages hold

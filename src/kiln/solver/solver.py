@@ -26,6 +26,7 @@ from kiln.frontend.base import BuildPlan, ScratchBase, StageBase, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
+from kiln.solver.gate import StepGate
 from kiln.solver.keys import StageKeys, compute_keys, content_step_key, reads_stages
 from kiln.solver.steps import StepRunner
 from kiln.solver.types import (
@@ -58,9 +59,12 @@ class Solver:
         cache_mounts: MountStore,
         remote: Sequence[CacheLookup] = (),
         ran_before: Mapping[str, StepReport] | None = None,
+        gate: StepGate | None = None,
     ) -> None:
         """*ran_before*: steps that ran in an earlier pass of this build (one that a
-        corrupt cached blob ended), by key: reported as run, not as local hits."""
+        corrupt cached blob ended), by key: reported as run, not as local hits. *gate*:
+        shared with the solvers of the build's other platforms (a key runs once)."""
+        self.gate = gate
         self.ran_before = dict(ran_before or {})
         self.root = root
         self.blobs = blobs
@@ -197,6 +201,16 @@ class Solver:
             return record
         for dep in step.depends_on():
             self._stage_result(dep)  # wait for what this step reads before it starts
+        if self.gate is None:
+            return self._run(step, key, content_key, inputs, chain)
+        with self.gate.hold(key):  # held only while running: no gate is awaited inside
+            hit = self.lookup(key)  # another platform's solver may have just run it
+            if hit is not None:
+                return self._run_or_reuse(step, key, content_key, inputs, hit, chain)
+            return self._run(step, key, content_key, inputs, chain)
+
+    def _run(self, step: Step, key: str, content_key: str, inputs: str | None,
+             chain: list[Layer]) -> StepRecord:  # fmt: skip
         if self.runner.executor.cancelled:
             raise KilnError("the build was cancelled: another step failed")
         started = time.monotonic()

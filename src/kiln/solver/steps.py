@@ -13,6 +13,7 @@ from kiln.content import BlobLocator, BlobStore
 from kiln.differ.layer import write_layer
 from kiln.errors import KilnError
 from kiln.executor.base import Executor, OutputSink
+from kiln.executor.emulation import require as require_emulator
 from kiln.frontend.base import (
     BindMount,
     CopyOp,
@@ -22,7 +23,7 @@ from kiln.frontend.base import (
     StageSource,
     Step,
 )
-from kiln.oci import Layer
+from kiln.oci import Layer, Platform
 from kiln.snapshot.snapshots import SnapshotStore
 from kiln.solver.keys import digest_of
 from kiln.solver.ops import file as fileops
@@ -85,6 +86,7 @@ class StepRunner:
         upper.mkdir()
         try:
             if isinstance(step.op, ExecOp):
+                _check_emulation(step.op.platform)
                 self.mounts.prefetch(step.op)  # beside the parent layers' downloads
             with self.snapshots.mounted(chain, self.fetch, upper=upper) as rootfs:
                 op = step.op
@@ -136,6 +138,11 @@ class StepRunner:
     def _mounted_source(self, origin: ImageSource | int) -> Iterator[Path]:
         with self.snapshots.mounted(self._chain_of(origin), self.fetch) as src_root:
             yield src_root
+
+
+def _check_emulation(platform: str) -> None:
+    if platform:
+        require_emulator(Platform.parse(platform).architecture, platform)
 
 
 def _no_stages(index: int) -> StageResult:

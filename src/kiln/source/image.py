@@ -43,6 +43,16 @@ class RegistryResolver:
             config = ImageConfig.from_bytes(resolved.config)
         except (ValueError, TypeError, KeyError) as exc:
             raise RegistryError(f"image {ref} has an invalid config: {exc}") from exc
+        has = config.platform
+        if resolved.index_digest is None and (has.os, has.architecture) != (
+            platform.os,
+            platform.architecture,
+        ):  # a single-platform image: the index check did not happen
+            raise RegistryError(
+                f"image {ref} has no {platform} image",
+                why=f"it is a single-platform image for {has}",
+                hint="use a multi-platform base, or build for its platform with --platform",
+            )
         source = RegistryBlobSource(self.client, parsed.repo_ref, "image")
         # the config's diff IDs are what the image says its layers are: checked when used
         claims = config.diff_ids if len(config.diff_ids) == len(resolved.layers) else []

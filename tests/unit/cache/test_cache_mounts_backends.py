@@ -46,13 +46,13 @@ class Machine:
         platform = Platform("linux", "amd64")
         self.ctx = CacheContext(client, self.blobs, self.locator, self.warnings.append,
                                 TransferStats(), platform, "kiln-app")  # fmt: skip
-        self.mounts = MountStore(self.root, self.blobs, self.locator, platform="linux/amd64",
+        self.mounts = MountStore(self.root, self.blobs, self.locator,
                                  now=lambda: "2026-03-01T00:00:00Z",
                                  warn=self.warnings.append)  # fmt: skip
 
     def sealed_mount(self) -> MountRecord:
         """A cache mount sealed as a chain of two blobs."""
-        ident = self.mounts.identity("/root/.cache/go-build", 0, 0, 0o755)
+        ident = MountIdentity("/root/.cache/go-build", 0, 0, 0o755, "linux/amd64")
         host = self.mounts.directory(ident)
         host.mkdir()
         (host / "ab").mkdir()

@@ -29,7 +29,7 @@ class Build:
         self.blobs = BlobStore(self.root.blobs)
         self.locator = BlobLocator(self.blobs, diff_id_of)
         self.warnings: list[str] = []
-        self.store = MountStore(self.root, self.blobs, self.locator, platform="linux/amd64",
+        self.store = MountStore(self.root, self.blobs, self.locator,
                                 now=lambda: "2026-03-01T00:00:00Z", warn=self.warnings.append,
                                 secrets=secrets)  # fmt: skip
         self.host = self.store.directory(IDENT)

@@ -79,7 +79,7 @@ def machine(tmp_path: Path) -> Iterator[Callable[[str], Machine]]:
         root = KilnRoot(tmp_path / name).ensure()
         blobs = BlobStore(root.blobs)
         warnings: list[str] = []
-        store = MountStore(root, blobs, BlobLocator(blobs, diff_id_of), platform="linux/amd64",
+        store = MountStore(root, blobs, BlobLocator(blobs, diff_id_of),
                            now=lambda: "2026-03-01T00:00:00Z", warn=warnings.append)  # fmt: skip
         made.append(Machine(store, warnings))
         return made[-1]

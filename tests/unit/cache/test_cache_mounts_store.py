@@ -67,8 +67,9 @@ class Machine:
         self.warnings: list[str] = []
         self.messages: list[str] = []
         self.ticks = 0
-        self.store = MountStore(self.root, self.blobs, self.locator, platform=platform,
-                                now=self.now, message=self.messages.append,
+        self.platform = platform
+        self.store = MountStore(self.root, self.blobs, self.locator, now=self.now,
+                                message=self.messages.append,
                                 warn=self.warnings.append)  # fmt: skip
 
     def now(self) -> str:
@@ -77,7 +78,7 @@ class Machine:
 
     def identity(self, mount_id: str = "/root/.cache", uid: int = 0, gid: int = 0,
                  mode: int = 0o755) -> MountIdentity:  # fmt: skip
-        return self.store.identity(mount_id, uid, gid, mode)
+        return MountIdentity(mount_id, uid, gid, mode, self.platform)
 
     def directory(self, ident: MountIdentity, spec: dict[str, bytes] | None = None) -> Path:
         """The mount's directory on this machine, made as a step would, with *spec*."""
@@ -233,8 +234,8 @@ def test_an_identity_of_another_platform_is_another_directory(
 ) -> None:
     a = machine("a")
     amd = a.identity("/go/cache")
-    arm = MountStore(a.root, a.blobs, a.locator, platform="linux/arm64", now=a.now)
-    arm_ident = arm.identity("/go/cache", 0, 0, 0o755)
+    arm = MountStore(a.root, a.blobs, a.locator, now=a.now)
+    arm_ident = MountIdentity("/go/cache", 0, 0, 0o755, "linux/arm64")
     assert arm_ident != amd and arm_ident.name != amd.name
     assert arm.directory(arm_ident) != a.store.directory(amd)
     a.directory(amd, {"obj": b"amd64 object"})

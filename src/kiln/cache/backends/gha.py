@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,16 +261,18 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
             client.save_mutable(prefix, data)
 
 
-def default_scope(context: Path, dockerfile: Path, target: str | None, platform: Platform) -> str:
+def default_scope(context: Path, dockerfile: Path, target: str | None,
+                  platforms: Sequence[Platform]) -> str:  # fmt: skip
     """A readable scope unique to one build of a matrix: context (relative to the working
-    directory), Dockerfile (relative to the context), target, platform (``.`` and
+    directory), Dockerfile (relative to the context), target, platforms (``.`` and
     ``Dockerfile`` left out when they are the defaults)."""
     cwd = Path.cwd()
     where = str(context.relative_to(cwd) if context.is_relative_to(cwd) else context.name)
     file = str(dockerfile.relative_to(context) if dockerfile.is_relative_to(context)
                else dockerfile.name)  # fmt: skip
     parts = [p for p in (where.strip("./"), file if file != "Dockerfile" else "",
-                         target or "", str(platform).replace("/", "-")) if p]  # fmt: skip
+                         target or "", "-".join(str(x).replace("/", "-") for x in platforms))
+             if p]  # fmt: skip
     text = "-".join(parts)
     clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-")
     if len(clean) > 100:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kiln.cache.mounts.tree import Table, changes, scan, trim
 from kiln.cache.records import MountIdentity, MountLayer, MountRecord, MountSource
@@ -46,6 +46,20 @@ from kiln.oci import Descriptor, Layer, is_digest
 from kiln.snapshot.unpack import unpack_stored
 from kiln.state import KilnRoot, write_atomic
 from kiln.units import format_size
+
+
+class CacheMountSpec(Protocol):
+    """What identifies a cache mount as the Dockerfile writes it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def mode(self) -> int: ...
+
 
 MAX_CHAIN = 8  # blobs in a chain before it is compacted into one
 COMPACT_FLOOR = 1 << 20  # bytes of deltas or stale content below which size never compacts
@@ -100,7 +114,6 @@ class MountStore:
         blobs: BlobStore,
         locator: BlobLocator,
         *,
-        platform: str,
         now: Callable[[], str],
         source: MountSource | None = None,
         message: Callable[[str], None] = lambda _m: None,
@@ -111,7 +124,6 @@ class MountStore:
         self.dir = root.cache_mounts
         self.blobs = blobs
         self.locator = locator
-        self.platform = platform
         self.now = now
         self.source = source
         self.message = message
@@ -124,8 +136,10 @@ class MountStore:
         self._reports: dict[str, MountReport] = {}
 
     # ------------------------------------------------------------------ identity
-    def identity(self, mount_id: str, uid: int, gid: int, mode: int) -> MountIdentity:
-        return MountIdentity(mount_id, uid, gid, mode, self.platform)
+    @staticmethod
+    def identity_of(mount: CacheMountSpec, platform: str) -> MountIdentity:
+        """The identity of a ``RUN --mount=type=cache`` run as *platform*."""
+        return MountIdentity(mount.id, mount.uid, mount.gid, mount.mode, platform)
 
     def directory(self, ident: MountIdentity) -> Path:
         return self.dir / ident.name

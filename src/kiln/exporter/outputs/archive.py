@@ -3,6 +3,9 @@
 Both are written as one tar holding ``blobs/sha256/...`` plus the index files; the
 Docker variant adds ``manifest.json`` (which ``docker load`` reads), so one file serves
 both tools. Written to a temporary name and renamed: a failed export leaves no partial file.
+A multi-platform build's OCI archive holds every platform's image and the index over them
+(``index.json`` names the index); Docker's archive holds one image, so it refuses one, as
+buildx does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from kiln.attrs import Attrs
 from kiln.content import BlobLocator
 from kiln.errors import KilnError
 from kiln.exporter.base import ExportContext, Exporter, image_names
-from kiln.exporter.image import ImageArtifacts
+from kiln.exporter.image import BuildImages
 from kiln.oci import OCI_INDEX, Descriptor, digest_hex
 from kiln.registry.reference import Reference
 
@@ -52,7 +55,7 @@ class OciArchiveExporter(Exporter[TarOutput]):
 
     def export(self, spec: TarOutput, ctx: ExportContext) -> list[str]:
         ctx.message(f"writing {spec.kind} archive {spec.dest}")
-        write_image_tar(ctx.images.get(spec.oci_mediatypes), Path(spec.dest), kind=spec.kind,
+        write_image_tar(ctx.images, spec.oci_mediatypes, Path(spec.dest), kind=spec.kind,
                         names=spec.names, locator=ctx.locator)  # fmt: skip
         return []
 
@@ -61,6 +64,10 @@ class DockerArchiveExporter(OciArchiveExporter):
     """``type=docker,dest=FILE``: the same tar plus ``manifest.json``, for ``docker load``."""
 
     name = "docker"
+
+    def multi_platform_problem(self, spec: TarOutput) -> str | None:
+        return ("type=docker holds one image: `docker load` cannot take a multi-platform "
+                "index")  # fmt: skip
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -86,8 +93,9 @@ def _ref_name(name: str) -> tuple[str, str]:
 
 
 def write_image_tar(
-    art: ImageArtifacts, dest: Path, *, kind: str, names: tuple[str, ...], locator: BlobLocator
-) -> None:
+    images: BuildImages, oci: bool, dest: Path, *, kind: str, names: tuple[str, ...],
+    locator: BlobLocator,
+) -> None:  # fmt: skip
     dest = dest.absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.kiln-tmp")
@@ -96,7 +104,7 @@ def write_image_tar(
             tmp.open("wb") as fh,
             tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
-            _write(tar, art, kind, names, locator)
+            _write(tar, images, oci, kind, names, locator)
         os.replace(tmp, dest)
     except OSError as exc:
         raise KilnError(f"cannot write {dest}: {exc}") from exc
@@ -106,22 +114,31 @@ def write_image_tar(
 
 
 def _write(
-    tar: tarfile.TarFile, art: ImageArtifacts, kind: str, names: tuple[str, ...],
+    tar: tarfile.TarFile, images: BuildImages, oci: bool, kind: str, names: tuple[str, ...],
     locator: BlobLocator,
 ) -> None:  # fmt: skip
     _add_dir(tar, "blobs")
     _add_dir(tar, "blobs/sha256")
     written: set[str] = set()
-    for layer in art.layers:
-        if layer.digest in written:
-            continue
-        written.add(layer.digest)
-        locator.fetch(layer.blob)
-        path = locator.store.path(layer.digest)
-        tar.add(str(path), arcname=f"blobs/sha256/{digest_hex(layer.digest)}", recursive=False,
-                filter=_normalise)  # fmt: skip
-    for data, desc in ((art.config, art.config_desc), (art.manifest, art.manifest_desc)):
-        _add_bytes(tar, f"blobs/sha256/{digest_hex(desc.digest)}", data)
+
+    def add_bytes(data: bytes, desc: Descriptor) -> None:
+        if desc.digest not in written:
+            written.add(desc.digest)
+            _add_bytes(tar, f"blobs/sha256/{digest_hex(desc.digest)}", data)
+
+    for _platform, art in images.per_platform(oci):
+        for layer in art.layers:
+            if layer.digest in written:
+                continue
+            written.add(layer.digest)
+            locator.fetch(layer.blob)
+            path = locator.store.path(layer.digest)
+            tar.add(str(path), arcname=f"blobs/sha256/{digest_hex(layer.digest)}",
+                    recursive=False, filter=_normalise)  # fmt: skip
+        add_bytes(art.config, art.config_desc)
+        add_bytes(art.manifest, art.manifest_desc)
+    top, top_desc = images.top(oci)
+    add_bytes(top, top_desc)
     _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
     manifests = []
     refs = [_ref_name(n) for n in names] or [("", "")]
@@ -133,13 +150,12 @@ def _write(
                 "org.opencontainers.image.ref.name": tag,
             }
         manifests.append(
-            Descriptor(
-                art.manifest_desc.media_type, art.digest, art.manifest_desc.size, annotations
-            ).to_json()
+            Descriptor(top_desc.media_type, top_desc.digest, top_desc.size, annotations).to_json()
         )
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     _add_bytes(tar, "index.json", json.dumps(index).encode())
     if kind == "docker":
+        art = images.single().get(oci)
         manifest = [
             {
                 "Config": f"blobs/sha256/{digest_hex(art.config_desc.digest)}",

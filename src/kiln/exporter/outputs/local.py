@@ -45,9 +45,15 @@ class LocalExporter(Exporter[LocalOutput]):
         return LocalOutput(attrs.required("dest", self.name), attrs.boolean("devices", False))
 
     def export(self, spec: LocalOutput, ctx: ExportContext) -> list[str]:
-        ctx.message(f"writing root filesystem to {spec.dest}")
-        write_rootfs(ctx.images.layers, Path(spec.dest), ctx.locator, ctx.scratch("rootfs-"),
-                     devices=spec.devices)  # fmt: skip
+        """One root filesystem, or (multi-platform) one per platform in a subdirectory
+        named as buildx does: ``linux_amd64``, ``linux_arm_v7``."""
+        for platform, images in ctx.images.images:
+            dest = Path(spec.dest)
+            if ctx.images.multi:
+                dest = dest / str(platform).replace("/", "_")
+            ctx.message(f"writing root filesystem to {dest}")
+            write_rootfs(images.layers, dest, ctx.locator, ctx.scratch("rootfs-"),
+                         devices=spec.devices)  # fmt: skip
         return []
 
 

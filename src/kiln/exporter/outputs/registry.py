@@ -1,4 +1,7 @@
-"""``type=registry`` / ``type=image`` (and ``--push``): the image pushed under every name."""
+"""``type=registry`` / ``type=image`` (and ``--push``): the image pushed under every name.
+
+A multi-platform build pushes each platform's image by digest, then the index under every
+name (last: a tag never names an index whose images are missing)."""
 
 from __future__ import annotations
 
@@ -49,13 +52,20 @@ class RegistryExporter(Exporter[RegistryOutput]):
     def export(self, spec: RegistryOutput, ctx: ExportContext) -> list[str]:
         if not spec.push:
             return []
-        art = ctx.images.get(spec.oci_mediatypes)
         ctx.message(f"pushing {', '.join(spec.names)}")
         names = [Reference.parse(n) for n in spec.names]
-        push_manifest(ctx.client, names, [(x.blob, None) for x in art.layers]
-                      + [(art.config_desc, art.config)], art.manifest,
-                      art.manifest_desc.media_type, ctx.locator)  # fmt: skip
-        return [f"{n.name}:{n.tag_or_default}@{art.digest}" for n in names]
+        repos = list(dict.fromkeys(n.repo_ref for n in names))
+        per_platform = ctx.images.per_platform(spec.oci_mediatypes)
+        for _platform, art in per_platform:
+            targets = names if not ctx.images.multi else [r.with_digest(art.digest) for r in repos]
+            push_manifest(ctx.client, targets, [(x.blob, None) for x in art.layers]
+                          + [(art.config_desc, art.config)], art.manifest,
+                          art.manifest_desc.media_type, ctx.locator)  # fmt: skip
+        data, desc = ctx.images.top(spec.oci_mediatypes)
+        if ctx.images.multi:
+            for name in names:
+                ctx.client.put_manifest(name, data, desc.media_type)
+        return [f"{n.name}:{n.tag_or_default}@{desc.digest}" for n in names]
 
 
 class ImageExporter(RegistryExporter):

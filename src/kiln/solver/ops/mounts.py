@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.cache.mounts.store import MountStore
-from kiln.cache.records import MountIdentity
 from kiln.errors import ContextError, KilnError
 from kiln.executor.paths import resolve_in_root
 from kiln.executor.spec import HostMount, RunSpec, TmpfsSpec
@@ -70,7 +69,8 @@ class RunMounts:
             elif isinstance(mount, CacheMount):
                 secrets = [m.target for m in op.mounts if isinstance(m, SecretMount) and m.target]
                 secret_paths = _inside(mount.target, secrets)
-                host = stack.enter_context(self._cache(mount, scratch / f"cache-{n}", secret_paths))
+                private = scratch / f"cache-{n}"
+                host = stack.enter_context(self._cache(mount, op.platform, private, secret_paths))
                 spec.binds.append(host)
             elif isinstance(mount, BindMount):
                 spec.binds.append(stack.enter_context(self._bind(mount, scratch / f"bind-{n}")))
@@ -78,20 +78,17 @@ class RunMounts:
                 self._secret(mount, spec, scratch / f"secret-{n}")
 
     # ------------------------------------------------------------------ cache
-    def identity(self, mount: CacheMount) -> MountIdentity:
-        return self.store.identity(mount.id, mount.uid, mount.gid, mount.mode)
-
     def prefetch(self, op: ExecOp) -> None:
         """Start fetching the imported cache mounts *op* will need (before its parent
         layers are unpacked, so both downloads run at once)."""
         for mount in op.mounts:
             if isinstance(mount, CacheMount):
-                self.store.prefetch(self.identity(mount))
+                self.store.prefetch(self.store.identity_of(mount, op.platform))
 
     @contextlib.contextmanager
-    def _cache(self, mount: CacheMount, private_dir: Path, secret_paths: list[str]
-               ) -> Iterator[HostMount]:  # fmt: skip
-        ident = self.identity(mount)
+    def _cache(self, mount: CacheMount, platform: str, private_dir: Path,
+               secret_paths: list[str]) -> Iterator[HostMount]:  # fmt: skip
+        ident = self.store.identity_of(mount, platform)
         host = self.store.directory(ident)
         host.parent.mkdir(parents=True, exist_ok=True)
         with open(self.store.lock_path(ident), "a") as lock:
