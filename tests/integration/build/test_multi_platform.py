@@ -167,3 +167,58 @@ def test_a_base_without_the_platform_is_an_error_naming_what_it_has(
     assert index.returncode != 0
     assert "no manifest for platform linux/s390x" in index.stderr
     assert "linux/amd64" in index.stderr and "linux/arm64" in index.stderr
+
+
+def test_per_platform_runners_push_by_digest_and_imagetools_merges_them(
+    kiln, multiarch_busybox: str, registry: RegistryServer, gha_server_factory,
+    docker_engine: DockerEngine, tmp_path: Path,
+):  # fmt: skip
+    """Docker's "distribute the build across multiple runners": one job per platform, each
+    with its own (default, platform-named) gha scope, pushed by digest, merged at the end."""
+    server = gha_server_factory()
+    env = gha_env(server, server.token("refs/heads/main"), "2")
+    ctx = make_context(tmp_path / "ctx", f"FROM {multiarch_busybox}\nRUN uname -m > /arch\n"
+                       'CMD ["cat", "/arch"]\n')  # fmt: skip
+    repo = f"{registry.host}/multi/jobs"
+    digests = []
+
+    def job(platform: str, root: str):
+        return kiln("build", "--platform", platform, "--output",
+                    f"type=image,name={repo},push-by-digest=true,name-canonical=true,push=true",
+                    "--cache-from", "type=gha", "--cache-to", "type=gha,mode=max", ctx,
+                    root=tmp_path / root, env=env).check()  # fmt: skip
+
+    for platform in ("linux/amd64", "linux/arm64"):
+        run = job(platform, platform.replace("/", "-"))
+        digest = run.metadata["containerimage.digest"]
+        assert run.metadata["image.name"] == f"{repo}@{digest}"
+        digests.append(digest)
+    # each job kept its own cache (the default scope names the platform): a rerun of the
+    # first on a fresh runner is a full hit although the second exported after it
+    again = job("linux/amd64", "again")
+    assert set(steps(again).values()) == {"remote"}
+
+    merged = kiln("imagetools", "create", "-t", f"{repo}:latest",
+                  *(f"{repo}@{d}" for d in digests[:1]), digests[1])  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    shown = kiln("imagetools", "inspect", f"{repo}:latest")
+    assert shown.returncode == 0, shown.stderr
+    assert "Platform:  linux/amd64" in shown.stdout and "Platform:  linux/arm64" in shown.stdout
+    for platform, arch in ARCH.items():
+        assert docker_engine.run("run", "--rm", "--platform", platform,
+                                 f"{repo}:latest").stdout.strip() == arch  # fmt: skip
+
+    # --append keeps what the tag names; a third image joins the two
+    extra = kiln("build", "--platform", "linux/amd64", "--build-arg", "X=1", "--output",
+                 f"type=image,name={repo},push-by-digest=true,push=true",
+                 make_context(tmp_path / "ctx2", f"FROM {multiarch_busybox}\nRUN echo x > /x\n"),
+                 root=tmp_path / "extra").check()  # fmt: skip
+    kiln(
+        "imagetools",
+        "create",
+        "--append",
+        "-t",
+        f"{repo}:latest",
+        extra.metadata["containerimage.digest"],
+    ).check()
+    assert len(raw(f"{repo}:latest")["manifests"]) == 3
