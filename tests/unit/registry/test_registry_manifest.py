@@ -48,6 +48,9 @@ def test_select_platform_picks_the_matching_entry() -> None:
     assert select_platform(index, Platform("linux", "amd64"), REF).digest == _digest(1)
     assert select_platform(index, Platform("linux", "arm64", "v8"), REF).digest == _digest(0)
     assert select_platform(index, Platform.parse("linux/arm/v7"), REF).digest == _digest(2)
+    # as containerd: --platform linux/arm64 (or aarch64) is arm64/v8
+    for wanted in ("linux/arm64", "linux/aarch64", "linux/arm64/v8"):
+        assert select_platform(index, Platform.parse(wanted), REF).digest == _digest(0)
 
 
 def test_select_platform_prefers_exact_variant_and_skips_attestations() -> None:
