@@ -25,9 +25,11 @@ from typing import Self
 
 
 class KilnError(Exception):
-    """Base of every user-facing error."""
+    """Base of every user-facing error; *location* (file, line) when a Dockerfile line is
+    to blame (a CI annotation points there)."""
 
     exit_code = 1
+    location: tuple[str, int] | None = None
 
     def __init__(self, what: str, *, why: str | None = None, hint: str | None = None) -> None:
         super().__init__(what)
@@ -42,6 +44,14 @@ class KilnError(Exception):
         new.__dict__.update(self.__dict__)
         new.what = f"{prefix}: {self.what}"
         new.args = (new.what,)
+        return new
+
+    def at(self, path: str, line: int) -> Self:
+        """A new error like this one, blamed on *path* line *line*."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.args = self.args
+        new.location = (path, line)
         return new
 
     def __str__(self) -> str:
@@ -77,6 +87,8 @@ class DockerfileError(KilnError):
         super().__init__(f"{where}: {what}", why=why, hint=hint)
         self.path = path
         self.line = line
+        if line:
+            self.location = (path, line)
 
 
 class ContextError(KilnError):

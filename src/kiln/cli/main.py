@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -67,6 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def annotation(exc: KilnError) -> str:
+    """The error as a GitHub workflow command (``::error file=…,line=…::``), its file
+    relative to the workspace, so the run's page shows it on the Dockerfile line."""
+
+    def escape(text: str, *, prop: bool = False) -> str:
+        text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+    props = []
+    if exc.location is not None:
+        path, line = exc.location
+        workspace = os.environ.get("GITHUB_WORKSPACE", "")
+        if workspace and os.path.isabs(path) and path.startswith(workspace.rstrip("/") + "/"):
+            path = os.path.relpath(path, workspace)
+        props += [f"file={escape(path, prop=True)}", f"line={line}"]
+    props.append("title=kiln build failed")
+    return f"::error {','.join(props)}::{escape(str(exc))}"
+
+
 def _run(handler: Handler, args: argparse.Namespace, debug: bool) -> int:
     try:
         return handler(args)
@@ -74,6 +94,8 @@ def _run(handler: Handler, args: argparse.Namespace, debug: bool) -> int:
         if debug:
             traceback.print_exc()
         print(f"ERROR: {exc}", file=sys.stderr)
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            print(annotation(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)

@@ -223,7 +223,7 @@ class Solver:
             seconds = time.monotonic() - started
             self.progress.step_failed(step, seconds, str(exc))
             where = f"[{step.stage_name} {step.number}/{step.total}] {step.text}"
-            raise exc.prefixed(where) from exc
+            raise exc.prefixed(where).at(self.plan.dockerfile, step.line) from exc
         seconds = time.monotonic() - started
         record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch), inputs)
         self._store(key, content_key, record)

@@ -40,8 +40,13 @@ def test_scopes_come_from_the_ac_claim_in_order() -> None:
     assert parse_scopes(token) == [Scope("refs/heads/feature", 3), Scope("refs/heads/main", 1)]
     assert Scope("a", 1).readable and not Scope("a", 1).writable
     # an `ac` that is a list (not a JSON string) is accepted too
-    listed = jwt({"ac": [{"Scope": "s", "Permission": 2}], "exp": time.time() + 60})
-    assert parse_scopes(listed) == [Scope("s", 2)]
+    listed = jwt({"ac": [{"Scope": "s", "Permission": 1}], "exp": time.time() + 60})
+    assert parse_scopes(listed) == [Scope("s", 1)]
+    # only write-only scopes (nektos/act's token): they may read what they write
+    act = jwt({"ac": json.dumps([{"Scope": "", "Permission": 2}]), "exp": time.time() + 60})
+    assert parse_scopes(act) == [Scope("", 3)]
+    mixed = token_for("refs/heads/pr", ("refs/heads/main", 2))  # a readable one: kept as is
+    assert parse_scopes(mixed)[1] == Scope("refs/heads/main", 2)
     # the client exposes them without asking the server anything
     client = GhaClient(token=token, url="http://127.0.0.1:9/")
     assert client.scopes[0].name == "refs/heads/feature"

