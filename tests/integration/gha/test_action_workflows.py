@@ -73,18 +73,27 @@ def act(tmp_path: Path, kiln_venv: Path, need_root: None) -> Callable[..., ActRu
     docker_config.mkdir()
     cache_dir = tmp_path / "act-cache"  # act's cache server: kept across the test's runs
 
-    def run(repo: Path, workflow: str, runner: str) -> ActRun:
+    def run(repo: Path, workflow: str, runner: str, *, env: dict[str, str] | None = None,
+            act_servers: bool = True) -> ActRun:  # fmt: skip
+        """*act_servers*: act's cache and artifact servers (else the runtime variables
+        come from *env*, as on a self-hosted runner)."""
         root = tmp_path / "runners" / runner
         root.mkdir(parents=True)
         argv = [ACT, "push", "-W", f".github/workflows/{workflow}.yml",
                 "-P", "ubuntu-latest=-self-hosted",
                 "--local-repository", f"{ACTION}={REPO}",
-                "--cache-server-addr", "127.0.0.1", "--cache-server-path", str(cache_dir),
-                "--artifact-server-addr", "127.0.0.1", "--artifact-server-port", str(free_port()),
-                "--artifact-server-path", str(tmp_path / "artifacts"),
                 "--env", f"KILN_ROOT={root / 'kiln'}", "--env", f"KILN_VENV={kiln_venv}",
                 "--env", f"DOCKER_CONFIG={docker_config}",
                 "-s", "DOCKERHUB_USERNAME=ci", "-s", "DOCKERHUB_TOKEN=ci-token"]  # fmt: skip
+        if act_servers:
+            argv += ["--cache-server-addr", "127.0.0.1", "--cache-server-path", str(cache_dir),
+                     "--artifact-server-addr", "127.0.0.1",
+                     "--artifact-server-port", str(free_port()),
+                     "--artifact-server-path", str(tmp_path / "artifacts")]  # fmt: skip
+        else:
+            argv += ["--no-cache-server"]
+        for key, value in (env or {}).items():
+            argv += ["--env", f"{key}={value}"]
         proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=900)
         return ActRun(proc.returncode, proc.stdout + proc.stderr)
 
@@ -179,3 +188,47 @@ def test_a_failing_run_step_is_an_annotation_on_its_line_and_fails_the_step(
     assert broken.returncode != 0
     assert "::error file=Dockerfile,line=3,title=kiln build failed::" in broken.log
     assert "Failure - Main Build and push" in broken.log
+
+
+def test_the_gha_workflow_through_kiln_cache_serve_on_a_self_hosted_runner(
+    act, busybox_image: str, registry: RegistryServer, gha_server_factory, tmp_path: Path
+):
+    """No act cache server: the runner gives the variables of `kiln cache serve`."""
+    server = gha_server_factory()
+    env = {"ACTIONS_CACHE_URL": server.url, "ACTIONS_RESULTS_URL": "",
+           "ACTIONS_RUNTIME_TOKEN": server.token("refs/heads/main")}  # fmt: skip
+    repo = make_repo(tmp_path / "repo", "gha", adapt(workflows()["gha"], registry.host),
+                     busybox_image)  # fmt: skip
+    cold = act(repo, "gha", "one", env=env, act_servers=False)
+    assert cold.returncode == 0, cold.log[-4000:]
+    warm = act(repo, "gha", "two", env=env, act_servers=False)
+    assert warm.returncode == 0, warm.log[-4000:]
+    (meta,) = warm.metadata()
+    assert ran(meta) == [] and {s["cached"] for s in meta["steps"]} == {"remote"}
+
+
+LOAD_WORKFLOW = """\
+name: load
+on: push
+jobs:
+  docker:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - name: Build
+        uses: kiln-build/kiln@v1
+        with:
+          load: true
+          tags: kiln-test/app:dev
+      - name: Run it
+        run: docker run --rm kiln-test/app:dev cat /seen
+"""
+
+
+def test_load_makes_the_image_runnable_by_docker_in_a_later_step(
+    act, busybox_image: str, docker_engine, tmp_path: Path
+):
+    repo = make_repo(tmp_path / "repo", "load", LOAD_WORKFLOW, busybox_image)
+    run = act(repo, "load", "one", env={"DOCKER_HOST": f"unix://{docker_engine.socket}"})
+    assert run.returncode == 0, run.log[-4000:]
+    assert re.search(r"\| v1$", run.log, flags=re.M), run.log[-3000:]  # docker run's output
