@@ -5,6 +5,7 @@ through the real Distribution registry, local directories and ``kiln cache serve
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import zlib
@@ -91,7 +92,7 @@ def test_a_fresh_machine_gets_the_mount_through_a_registry_cache(
     assert seen(tmp_path / "o1") == ""
     report = mount_report(first)
     assert report["id"] == "/cache" and report["export"] == "full" and report["layers"] == 1
-    assert "cache mount /cache: exported 99 B as a new chain" in first.stderr
+    assert re.search(r"cache mount /cache: exported \d+ B as a new chain", first.stderr)
 
     # a fresh machine, one input changed: the RUN reruns and finds the first run's log
     second = build(kiln, log_context(tmp_path, "two\n", name="ctx2"), tmp_path / "m2",

