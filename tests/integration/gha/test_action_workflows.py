@@ -96,13 +96,13 @@ def act(tmp_path: Path, kiln_venv: Path, action_checkout: Path, need_root: None,
     cache_dir = tmp_path / "act-cache"  # act's cache server: kept across the test's runs
 
     def run(repo: Path, workflow: str, runner: str, *, env: dict[str, str] | None = None,
-            act_servers: bool = True) -> ActRun:  # fmt: skip
+            act_servers: bool = True, extra: list[str] | None = None) -> ActRun:  # fmt: skip
         """*act_servers*: act's cache and artifact servers (else the runtime variables
         come from *env*, as on a self-hosted runner)."""
         root = tmp_path / "runners" / runner
         root.mkdir(parents=True)
         argv = [ACT, "push", "-W", f".github/workflows/{workflow}.yml",
-                "-P", "ubuntu-latest=-self-hosted",
+                "-P", "ubuntu-latest=-self-hosted", "-P", "self-hosted=-self-hosted",
                 "--local-repository", f"{ACTION}={action_checkout}",
                 *[arg for ref, path in STAND_IN_FOR.items()
                   for arg in ("--local-repository", f"{ref}={path}")],
@@ -119,6 +119,7 @@ def act(tmp_path: Path, kiln_venv: Path, action_checkout: Path, need_root: None,
             argv += ["--no-cache-server"]
         for key, value in (env or {}).items():
             argv += ["--env", f"{key}={value}"]
+        argv += extra or []
         proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=900)
         return ActRun(proc.returncode, proc.stdout + proc.stderr)
 
@@ -201,6 +202,11 @@ def test_a_matrix_of_two_targets_keeps_two_gha_caches(
     assert warm.returncode == 0, warm.log[-4000:]
     for meta in warm.metadata():
         assert ran(meta) == [], warm.log  # neither job's export replaced the other's
+    change_source(repo)
+    changed = act(repo, "matrix", "three")
+    assert changed.returncode == 0, changed.log[-4000:]
+    reran = sorted(len(ran(meta)) for meta in changed.metadata())
+    assert reran == [0, 2]  # worker: nothing; api: COPY app.txt and the RUN after it
 
 
 def test_a_failing_run_step_is_an_annotation_on_its_line_and_fails_the_step(
@@ -302,3 +308,24 @@ def test_the_cache_mount_workflow_builds_two_platforms_and_carries_the_mount(
     restored = {m["platform"]: m.get("restored_from", "") for m in meta["cache_mounts"]}
     assert set(restored) == {"linux/amd64", "linux/arm64"}
     assert all(source.startswith("gha ") for source in restored.values()), restored
+
+
+def test_the_self_hosted_workflow_with_kiln_cache_serve_and_a_persistent_kiln_root(
+    act, busybox_image: str, registry: RegistryServer, gha_server_factory, tmp_path: Path
+):
+    """The docs' self-hosted workflow: the cache server's URL and token, the registry and
+    the persistent disk (``kiln-root``) adapted to this test's."""
+    server = gha_server_factory()
+    text = (workflows()["self-hosted"].replace("http://cache.internal:8585/", server.url)
+            .replace("registry.internal/", f"{registry.host}/")
+            .replace("/var/lib/kiln", str(tmp_path / "persistent-kiln")))  # fmt: skip
+    repo = make_repo(tmp_path / "repo", "self-hosted", text, busybox_image)
+    secrets = ["-s", f"KILN_CACHE_TOKEN={server.token('refs/heads/main')}"]
+    cold = act(repo, "self-hosted", "one", act_servers=False, extra=secrets)
+    assert cold.returncode == 0, cold.log[-4000:]
+    assert (tmp_path / "persistent-kiln" / "cache").is_dir()  # kiln-root was used
+    (meta,) = cold.metadata()
+    assert len(ran(meta)) == 3
+    again = act(repo, "self-hosted", "two", act_servers=False, extra=secrets)
+    (meta,) = again.metadata()
+    assert ran(meta) == [] and {s["cached"] for s in meta["steps"]} == {"local"}
