@@ -32,7 +32,9 @@ DOCS = REPO / "docs" / "github-actions.md"
 # client behind actions/cache; docker/metadata-action's tags and labels for a branch push)
 STANDINS = Path(__file__).parent / "node" / "standins"
 STAND_IN_FOR = {"actions/cache@v4": STANDINS / "cache",
-                "docker/metadata-action@v5": STANDINS / "metadata"}  # fmt: skip
+                "docker/metadata-action@v5": STANDINS / "metadata",
+                "actions/upload-artifact@v4": STANDINS / "upload-artifact",
+                "actions/download-artifact@v4": STANDINS / "download-artifact"}  # fmt: skip
 ACT = shutil.which("act") or str(Path(REPO / ".venv" / "bin" / "act"))
 ACTION = "kiln-build/kiln@v1"
 
@@ -103,12 +105,14 @@ def act(tmp_path: Path, kiln_venv: Path, action_checkout: Path, need_root: None,
         root.mkdir(parents=True)
         argv = [ACT, "push", "-W", f".github/workflows/{workflow}.yml",
                 "-P", "ubuntu-latest=-self-hosted", "-P", "self-hosted=-self-hosted",
+                "-P", "ubuntu-24.04-arm=-self-hosted",
                 "--local-repository", f"{ACTION}={action_checkout}",
                 *[arg for ref, path in STAND_IN_FOR.items()
                   for arg in ("--local-repository", f"{ref}={path}")],
                 "--env", f"KILN_ROOT={root / 'kiln'}", "--env", f"KILN_VENV={kiln_venv}",
                 "--env", f"DOCKER_CONFIG={docker_config}",
                 "--env", f"KILN_TEST_NODE_MODULES={STANDINS.parent / 'node_modules'}",
+                "--env", f"KILN_TEST_ARTIFACTS={tmp_path / 'job-artifacts'}",
                 "-s", "DOCKERHUB_USERNAME=ci", "-s", "DOCKERHUB_TOKEN=ci-token"]  # fmt: skip
         if act_servers:
             argv += ["--cache-server-addr", "127.0.0.1", "--cache-server-path", str(cache_dir),
@@ -329,3 +333,22 @@ def test_the_self_hosted_workflow_with_kiln_cache_serve_and_a_persistent_kiln_ro
     again = act(repo, "self-hosted", "two", act_servers=False, extra=secrets)
     (meta,) = again.metadata()
     assert ran(meta) == [] and {s["cached"] for s in meta["steps"]} == {"local"}
+
+
+def test_native_runners_per_platform_push_by_digest_and_a_merge_job_makes_one_index(
+    act, multiarch_busybox: str, registry: RegistryServer, tmp_path: Path
+):
+    """The docs' native-runners workflow (both "native" runners are this host: arm64 is
+    emulated here); the merge job's `kiln` comes from the setup action."""
+    text = adapt(workflows()["native-runners"], registry.host)
+    repo = make_repo(tmp_path / "repo", "native-runners", text, multiarch_busybox)
+    run = act(repo, "native-runners", "one")
+    assert run.returncode == 0, run.log[-6000:]
+    assert len(run.metadata()) == 2  # one build per platform job
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                          f"docker://{registry.host}/user/app:latest"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    index = json.loads(out)
+    platforms = {m["platform"]["architecture"] for m in index["manifests"]}
+    assert platforms == {"amd64", "arm64"}
+    assert "Platform:  linux/arm64" in run.log  # kiln imagetools inspect's output
