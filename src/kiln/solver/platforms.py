@@ -13,11 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kiln.frontend.base import BuildPlan
-from kiln.solver.gate import StepGate
 from kiln.solver.solver import Solver
 from kiln.solver.types import BuildResult
-
-__all__ = ["StepGate", "solve_all"]
 
 
 def solve_all(solvers: Sequence[Solver], plans: Sequence[BuildPlan]) -> list[BuildResult]:
