@@ -40,6 +40,7 @@ from kiln.registry.client import RegistryClient
 from kiln.registry.dockerconfig import DockerConfig
 from kiln.snapshot.snapshots import SnapshotStore
 from kiln.solver.cache_export import ExportSelection, MountSelection, combined
+from kiln.solver.explain import Explainer
 from kiln.solver.gate import StepGate
 from kiln.solver.platforms import solve_all
 from kiln.solver.solver import Solver
@@ -172,10 +173,13 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         )
         oci = default_oci_mediatypes(options.outputs)
         gate = StepGate()
+        explainer = Explainer([local, *remote], caches.statuses, context,
+                              no_cache=options.no_cache)  # fmt: skip
         ran: dict[str, StepReport] = {}  # steps run by earlier passes, reported as run
         while True:  # each pass forgets at least one corrupt cached blob, so this ends
             solvers = [Solver(root, blobs, locator, local, snapshots, RuncExecutor(root), context,
-                              progress, solve_options, cache_mounts, remote, ran, gate)
+                              progress, solve_options, cache_mounts, remote, ran, gate,
+                              explainer)
                        for _ in plans]  # fmt: skip
             try:
                 results = solve_all(solvers, plans)

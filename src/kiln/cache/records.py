@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from kiln.cache.description import KeyDescription
 from kiln.oci import Descriptor, Layer, is_digest
 
 CacheSource = Literal["local", "remote"]
@@ -26,6 +27,8 @@ class StepRecord:
     # for a step that reads other stages: the digest of what it read (see
     # kiln.solver.keys), so its content key is known without building those stages
     inputs: str | None = None
+    # what the step's key was made of (for explaining a later miss); not part of a hit
+    about: KeyDescription | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"created": self.created}
@@ -33,7 +36,12 @@ class StepRecord:
             out["layer"] = {**self.layer.blob.to_json(), "diffID": self.layer.diff_id}
         if self.inputs is not None:
             out["inputs"] = self.inputs
+        if self.about is not None:
+            out["about"] = self.about.to_json()
         return out
+
+    def described(self, about: KeyDescription | None) -> StepRecord:
+        return StepRecord(self.layer, self.created, self.inputs, about)
 
     @classmethod
     def from_json(cls, raw: dict[str, object]) -> StepRecord:
@@ -53,19 +61,55 @@ class StepRecord:
         inputs = raw.get("inputs")
         if inputs is not None and not (isinstance(inputs, str) and is_digest(inputs)):
             raise ValueError("inputs is not a digest")
-        return cls(layer, created, inputs)
+        return cls(layer, created, inputs, read_about(raw.get("about")))
+
+
+def read_about(raw: object) -> KeyDescription | None:
+    """A record's description, None when absent or malformed (it only explains)."""
+    if raw is None:
+        return None
+    try:
+        return KeyDescription.from_json(raw)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class CacheHit:
     record: StepRecord
     source: CacheSource
+    origin: str = ""  # the imported cache it came from ("" for the local store)
 
 
 class CacheLookup(Protocol):
     """A source of step results by cache key (the local store, imported remote caches)."""
 
     def lookup(self, key: str) -> CacheHit | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """How one ``--cache-from`` fared: loaded, or why not (what its import warned)."""
+
+    name: str  # the flag's value, credentials redacted
+    loaded: bool
+    note: str = ""
+
+
+class DescribedSource(Protocol):
+    """Where a missed step finds the closest cached steps to compare itself with."""
+
+    @property
+    def name(self) -> str: ...
+
+    def candidates(self, slot: str, parent: str) -> list[StepRecord]:
+        """Records of steps at *slot* (see KeyDescription.slot) or started from
+        *parent*, with their descriptions."""
+        ...
+
+    def tree(self, digest: str) -> str | None:
+        """The encoded tree of context files *digest* (kiln.source.tree), if held."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +121,8 @@ class CacheEntry:
     layer: Layer | None
     created: str
     inputs: str | None = None  # see StepRecord.inputs
+    about: KeyDescription | None = None  # see StepRecord.about
+    tree: str | None = None  # the encoded tree about.tree names, when it names one
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,16 @@ One small JSON file per key, written atomically. A record names the layer the st
 produced (or none, for a step that changed nothing) and when it was created (history
 timestamps stay stable across rebuilds). A record that cannot be read, or whose layer is
 no longer present locally, is a miss: never a crash and never a wrong hit.
+
+For explaining misses, a record also holds its key's description; beside the keys,
+``cache/slots`` lists the newest keys of each step position (``KeyDescription.slot``)
+and ``cache/trees`` holds the trees of context files the descriptions name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -17,16 +22,23 @@ from pathlib import Path
 
 from kiln.cache.records import StepRecord
 from kiln.content import BlobStore
-from kiln.oci import Layer, digest_hex
+from kiln.oci import Layer, digest_hex, is_digest
 from kiln.state import write_atomic
 
 log = logging.getLogger(__name__)
 
 
+SLOT_KEYS = 16  # keys remembered per step position
+
+
 class LocalCache:
+    name = "the local store"
+
     def __init__(self, root: Path, blobs: BlobStore) -> None:
         self.root = root
         self.blobs = blobs
+        self.slots = root.parent / "slots"
+        self.trees = root.parent / "trees"
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -66,6 +78,54 @@ class LocalCache:
 
     def put(self, key: str, record: StepRecord) -> None:
         write_atomic(self._path(key), json.dumps(record.to_json(), sort_keys=True).encode())
+        if record.about is not None:
+            self._remember(record.about.slot, key)
+
+    # ------------------------------------------------------------------ explaining
+    def _slot_path(self, slot: str) -> Path:
+        return self.slots / (hashlib.sha256(slot.encode()).hexdigest()[:32] + ".json")
+
+    def _slot_keys(self, slot: str) -> list[str]:
+        try:
+            keys = json.loads(self._slot_path(slot).read_bytes())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(keys, list):
+            return []
+        return [k for k in keys if isinstance(k, str) and is_digest(k)]
+
+    def _remember(self, slot: str, key: str) -> None:
+        """The newest keys at *slot* (a lost update between two builds only loses a
+        candidate for an explanation)."""
+        keys = self._slot_keys(slot)
+        if keys[:1] == [key]:
+            return
+        keys = [key, *(k for k in keys if k != key)][:SLOT_KEYS]
+        with contextlib.suppress(OSError):
+            write_atomic(self._slot_path(slot), json.dumps(keys).encode())
+
+    def candidates(self, slot: str, parent: str) -> list[StepRecord]:
+        out = []
+        for key in self._slot_keys(slot):
+            try:
+                record = StepRecord.from_json(json.loads(self._path(key).read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if record.about is not None:
+                out.append(record)
+        return out
+
+    def tree(self, digest: str) -> str | None:
+        try:
+            return (self.trees / digest_hex(digest)).read_text()
+        except (OSError, ValueError):
+            return None
+
+    def put_tree(self, digest: str, encoded: str) -> None:
+        path = self.trees / digest_hex(digest)
+        if not path.exists():
+            with contextlib.suppress(OSError):
+                write_atomic(path, encoded.encode())
 
     def _drop(self, path: Path) -> None:
         with contextlib.suppress(OSError):

@@ -1,7 +1,8 @@
 """Progress display: rich live view on a terminal, buildx-like plain lines otherwise.
 
-``--progress plain`` prints ``#N [stage n/total] INSTRUCTION``, output lines, ``#N CACHED``
-or ``#N DONE 1.2s``; ``rawjson`` prints one JSON object per event; ``quiet`` nothing.
+``--progress plain`` prints ``#N [stage n/total] INSTRUCTION``, ``#N MISS <why>`` for a
+step that runs, output lines, ``#N CACHED`` or ``#N DONE 1.2s``; ``rawjson`` prints one
+JSON object per event; ``quiet`` nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from kiln.cache.records import CacheSource
 from kiln.frontend.base import Step
-from kiln.solver.types import Progress
+from kiln.solver.types import MissReason, Progress
 
 
 class _Numbering:
@@ -54,6 +55,9 @@ class PlainProgress:
         self._print(f"#{n} [{step.stage_name} {step.number}/{step.total}] {step.text}")
         self._print(f"#{n} CACHED" + (" (remote)" if source == "remote" else ""))
 
+    def step_missed(self, step: Step, reason: MissReason) -> None:
+        self._print(f"#{self.ids.of(step)} MISS {reason.detail}")
+
     def step_log(self, step: Step, line: str) -> None:
         self._print(f"#{self.ids.of(step)} {time.monotonic() - self.start:.3f} {line}")
 
@@ -81,6 +85,9 @@ class JsonProgress(PlainProgress):
     def step_cached(self, step: Step, source: CacheSource) -> None:
         self._event("cached", step, source=source)
 
+    def step_missed(self, step: Step, reason: MissReason) -> None:
+        self._event("missed", step, reason=reason.to_json())
+
     def step_log(self, step: Step, line: str) -> None:
         self._event("log", step, line=line)
 
@@ -99,6 +106,9 @@ class QuietProgress:
         pass
 
     def step_cached(self, step: Step, source: CacheSource) -> None:
+        pass
+
+    def step_missed(self, step: Step, reason: MissReason) -> None:
         pass
 
     def step_log(self, step: Step, line: str) -> None:
@@ -122,7 +132,7 @@ class RichProgress:
         self._lock = threading.Lock()
         self._rows: dict[
             tuple[str, int, int], list[object]
-        ] = {}  # key -> [step, state, t0, secs, last]
+        ] = {}  # key -> [step, state, t0, secs, last, why]
         self._messages: list[str] = []
         self.live = Live(self._render(), console=self.console, refresh_per_second=8,
                          transient=False, get_renderable=self._render)  # fmt: skip
@@ -140,7 +150,7 @@ class RichProgress:
         with self._lock:
             rows = list(self._rows.values())
             messages = list(self._messages)
-        for step, state, t0, secs, last in rows:
+        for step, state, t0, secs, last, why in rows:
             assert isinstance(step, Step)
             head = f"[{step.stage_name} {step.number}/{step.total}] {step.text}"
             if state == "running":
@@ -156,15 +166,17 @@ class RichProgress:
                 lines.append(Text(f" => ERROR {head}", style="red"))
             else:
                 lines.append(Text(f" => {head}  {secs:.1f}s", style="green"))
+            if why and state != "cached":
+                lines.append(Text(f"    miss: {why}"[:160], style="yellow"))
         lines += [Text(m) for m in messages]
         return Group(*lines)
 
     def _set(self, step: Step, **values: object) -> None:
         with self._lock:
             row = self._rows.setdefault(
-                (step.stage_name, step.stage, step.number), [step, "running", 0.0, 0.0, ""]
+                (step.stage_name, step.stage, step.number), [step, "running", 0.0, 0.0, "", ""]
             )
-            for i, name in enumerate(("state", "t0", "secs", "last"), start=1):
+            for i, name in enumerate(("state", "t0", "secs", "last", "why"), start=1):
                 if name in values:
                     row[i] = values[name]
 
@@ -173,6 +185,9 @@ class RichProgress:
 
     def step_cached(self, step: Step, source: CacheSource) -> None:
         self._set(step, state="cached")
+
+    def step_missed(self, step: Step, reason: MissReason) -> None:
+        self._set(step, why=reason.detail)
 
     def step_log(self, step: Step, line: str) -> None:
         self._set(step, last=line)

@@ -2,9 +2,9 @@
 
 buildx's ``containerimage.digest``, ``containerimage.config.digest``,
 ``containerimage.descriptor`` and ``image.name``; kiln adds the pushed references, every
-step (label, whether and where it was cached, seconds), the bytes moved, in total and
-split into image and cache transfers, and per cache mount what was imported and exported
-(bytes, seconds, where from, the exported chain).
+step (label, whether and where it was cached, why it missed, seconds, layer bytes), the
+bytes moved, in total and split into image and cache transfers, and per cache mount what
+was imported and exported (bytes, seconds, where from, the exported chain).
 """
 
 from __future__ import annotations
@@ -41,10 +41,7 @@ def metadata(images: BuildImages, oci: bool, pushed: list[str], reports: list[St
     return out | {
         "image.name": ",".join(pushed),
         "pushed": pushed,
-        "steps": [
-            {"step": r.step.label, "cached": r.cached, "seconds": round(r.seconds, 3)}
-            for r in reports
-        ],
+        "steps": [step_json(r) for r in reports],
         "bytes_pulled": stats.pulled(),
         "bytes_pushed": stats.pushed(),
         "layer_bytes_pulled": stats.layers_pulled(),
@@ -54,6 +51,18 @@ def metadata(images: BuildImages, oci: bool, pushed: list[str], reports: list[St
         },
         "cache_mounts": [m.to_json() for m in mounts],
     }
+
+
+def step_json(report: StepReport) -> dict[str, Any]:
+    """One step: label, ``cached`` (false, "local" or "remote"), where a remote hit came
+    from, the reason a step that ran missed, its seconds and its layer's bytes."""
+    out: dict[str, Any] = {"step": report.step.label, "cached": report.cached}
+    if report.origin:
+        out["source"] = report.origin
+    out["miss_reason"] = report.miss.to_json() if report.miss is not None else None
+    out["seconds"] = round(report.seconds, 3)
+    out["layer_bytes"] = report.layer.blob.size if report.layer is not None else 0
+    return out
 
 
 def write_metadata(path: Path, data: dict[str, Any]) -> None:

@@ -94,6 +94,8 @@ class ExecOp:
     proxy_env: tuple[str, ...] = ()
     # the platform the process runs as (the stage's): foreign ones under emulation
     platform: str = ""
+    # which variables of env are build args (ARG) rather than ENV: for explanations only
+    arg_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -316,6 +316,7 @@ def _run(p: Planning, st: StageState, ins: Instruction) -> None:
         files=files,
         proxy_env=tuple(p.proxy_env(st)),
         platform=str(st.plan.platform or p.options.platform),
+        arg_names=tuple(sorted(set(st.arg_values()) - set(st.config.env_map()))),
     )
     prefix = f"|{len(arg_env)} {' '.join(arg_env)} " if arg_env else ""
     _step(st, ins, op, f"RUN {prefix}{' '.join(args)} # buildkit")

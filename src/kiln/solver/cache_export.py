@@ -84,10 +84,13 @@ def _stage_entries(result: BuildResult, index: int, lookup: Lookup,
             continue
         content_key = content_step_key(content_parent, parent, step.op, key, result.keys,
                                        result.source_date_epoch, record.inputs)  # fmt: skip
-        entries.append(CacheEntry(key, parent, record.layer, record.created, record.inputs))
+        about = result.about.get((index, step.number))
+        tree = result.trees(about.tree) if about is not None and about.tree else None
+        entries.append(CacheEntry(key, parent, record.layer, record.created, record.inputs,
+                                  about, tree))  # fmt: skip
         if content_key != key:
             entries.append(CacheEntry(content_key, content_parent, record.layer, record.created,
-                                      record.inputs))  # fmt: skip
+                                      record.inputs, about, tree))  # fmt: skip
         parent, content_parent = key, content_key
     content_finals[index] = content_parent
     return entries

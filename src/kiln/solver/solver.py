@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from kiln.cache.description import KeyDescription
 from kiln.cache.mounts.store import MountStore
 from kiln.cache.records import CacheHit, CacheLookup, StepRecord
 from kiln.cache.store import LocalCache, now_rfc3339
@@ -26,11 +27,14 @@ from kiln.frontend.base import BuildPlan, ScratchBase, StageBase, Step
 from kiln.image import ImageConfig
 from kiln.oci import Layer
 from kiln.snapshot.snapshots import SnapshotStore
+from kiln.solver.describe import describe_plan, stage_label
+from kiln.solver.explain import Explainer
 from kiln.solver.gate import StepGate
 from kiln.solver.keys import StageKeys, compute_keys, content_step_key, reads_stages
 from kiln.solver.steps import StepRunner
 from kiln.solver.types import (
     BuildResult,
+    MissReason,
     Progress,
     SolveOptions,
     StageResult,
@@ -60,11 +64,16 @@ class Solver:
         remote: Sequence[CacheLookup] = (),
         ran_before: Mapping[str, StepReport] | None = None,
         gate: StepGate | None = None,
+        explainer: Explainer | None = None,
     ) -> None:
         """*ran_before*: steps that ran in an earlier pass of this build (one that a
         corrupt cached blob ended), by key: reported as run, not as local hits. *gate*:
-        shared with the solvers of the build's other platforms (a key runs once)."""
+        shared with the solvers of the build's other platforms (a key runs once).
+        *explainer*: says why each step that runs missed."""
         self.gate = gate
+        self.explainer = explainer
+        self.context = context
+        self._rebuilt: set[int] = set()  # stages of which a step ran
         self.ran_before = dict(ran_before or {})
         self.root = root
         self.blobs = blobs
@@ -86,6 +95,8 @@ class Solver:
     def solve(self, plan: BuildPlan) -> BuildResult:
         self.plan = plan
         self.keys: dict[int, StageKeys] = compute_keys(plan, self.options.source_date_epoch)
+        self.about = describe_plan(plan, self.keys)
+        self.stage_names = {i: stage_label(plan, i) for i in plan.stages}
         needed = plan.needed_order()
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(needed)), thread_name_prefix="stage")
         self.runner.stage_result = self._stage_result
@@ -101,7 +112,8 @@ class Solver:
         reports = sorted(self._reports, key=lambda r: (order.get(r.step.stage, 0), r.step.number))
         self._keep_fetched_hits(reports)
         return BuildResult(plan, target, stages, reports, self.keys,
-                           self.options.source_date_epoch)  # fmt: skip
+                           self.options.source_date_epoch, self.about,
+                           self.context.encoded_tree)  # fmt: skip
 
     # ------------------------------------------------------------------ stages
     def _stage_future(self, index: int) -> Future[StageResult]:
@@ -153,10 +165,15 @@ class Solver:
                 self._stage_future(dep)  # start what the missing steps will read, in parallel
         step_results: list[StepResult] = []
         plan_parent = keys.base
+        ran_before: Step | None = None  # the last step of this stage that ran
+        base_rebuilt = isinstance(base, StageBase) and base.stage in self._rebuilt
         for step, key, hit in zip(stage.steps, keys.steps, hits, strict=True):
             content_key, inputs, hit = self._by_content(step, key, hit, content_parent,
                                                         plan_parent)  # fmt: skip
-            record = self._run_or_reuse(step, key, content_key, inputs, hit, chain)
+            why = _Why(self, step, ran_before, base_rebuilt)
+            record = self._run_or_reuse(step, key, content_key, inputs, hit, chain, why)
+            if hit is None:
+                ran_before = step
             if record.layer is not None:
                 chain.append(record.layer)
             history = config.history[step.history_index]
@@ -186,35 +203,41 @@ class Solver:
         return content_key, inputs, hit
 
     def _run_or_reuse(self, step: Step, key: str, content_key: str, inputs: str | None,
-                      hit: CacheHit | None, chain: list[Layer]) -> StepRecord:  # fmt: skip
+                      hit: CacheHit | None, chain: list[Layer],
+                      why: _Why) -> StepRecord:  # fmt: skip
         if hit is not None:
             self.progress.step_cached(step, hit.source)
-            record = StepRecord(hit.record.layer, hit.record.created, inputs)
+            record = StepRecord(hit.record.layer, hit.record.created, inputs, self._about(step))
             earlier = self.ran_before.get(key) if hit.source == "local" else None
             if earlier is not None and earlier.layer == hit.record.layer:
                 self._report(earlier)  # it ran in this build, in the pass before this one
             else:
                 self._report(StepReport(step, key, hit.source, 0.0, record.layer,
-                                        record.created, content_key, inputs))  # fmt: skip
+                                        record.created, content_key, inputs,
+                                        origin=hit.origin))  # fmt: skip
             if hit.source == "local":
                 self._store(key, content_key, record)  # both keys find it next time
             return record
         for dep in step.depends_on():
             self._stage_result(dep)  # wait for what this step reads before it starts
         if self.gate is None:
-            return self._run(step, key, content_key, inputs, chain)
+            return self._run(step, key, content_key, inputs, chain, why)
         with self.gate.hold(key):  # held only while running: no gate is awaited inside
             hit = self.lookup(key)  # another platform's solver may have just run it
             if hit is not None:
-                return self._run_or_reuse(step, key, content_key, inputs, hit, chain)
-            return self._run(step, key, content_key, inputs, chain)
+                return self._run_or_reuse(step, key, content_key, inputs, hit, chain, why)
+            return self._run(step, key, content_key, inputs, chain, why)
 
     def _run(self, step: Step, key: str, content_key: str, inputs: str | None,
-             chain: list[Layer]) -> StepRecord:  # fmt: skip
+             chain: list[Layer], why: _Why) -> StepRecord:  # fmt: skip
         if self.runner.executor.cancelled:
             raise KilnError("the build was cancelled: another step failed")
+        self._rebuilt.add(step.stage)
+        reason = why()
         started = time.monotonic()
         self.progress.step_started(step)
+        if reason is not None:
+            self.progress.step_missed(step, reason)
         try:
             layer = self.runner.execute(
                 step, list(chain), lambda line: self.progress.step_log(step, line)
@@ -225,14 +248,23 @@ class Solver:
             where = f"[{step.stage_name} {step.number}/{step.total}] {step.text}"
             raise exc.prefixed(where).at(self.plan.dockerfile, step.line) from exc
         seconds = time.monotonic() - started
-        record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch), inputs)
+        record = StepRecord(layer, now_rfc3339(self.options.source_date_epoch), inputs,
+                            self._about(step))  # fmt: skip
         self._store(key, content_key, record)
         self.progress.step_done(step, seconds)
         self._report(StepReport(step, key, False, seconds, layer, record.created, content_key,
-                                inputs))  # fmt: skip
+                                inputs, reason))  # fmt: skip
         return record
 
+    def _about(self, step: Step) -> KeyDescription | None:
+        return self.about.get((step.stage, step.number))
+
     def _store(self, key: str, content_key: str, record: StepRecord) -> None:
+        about = record.about
+        if about is not None and about.tree:
+            encoded = self.context.encoded_tree(about.tree)
+            if encoded is not None:
+                self.local.put_tree(about.tree, encoded)
         self.local.put(key, record)
         if content_key != key:
             self.local.put(content_key, record)
@@ -242,7 +274,8 @@ class Solver:
         for report in reports:
             layer = report.layer
             if report.cached == "remote" and (layer is None or self.blobs.has(layer.digest)):
-                self._store(report.key, report.content_key or report.key, report.record)
+                record = report.record.described(self._about(report.step))
+                self._store(report.key, report.content_key or report.key, record)
 
     def ran(self) -> dict[str, StepReport]:
         """The steps this solver ran so far, by key (also after a failed solve)."""
@@ -264,3 +297,20 @@ def _fill_history_times(config: ImageConfig, build_time: str) -> None:
             entry.created = last
         last = entry.created
     config.created = max((h.created for h in config.history if h.created), default=build_time)
+
+
+class _Why:
+    """The reason a step ran, worked out only when it does run."""
+
+    def __init__(self, solver: Solver, step: Step, ran_before: Step | None,
+                 base_rebuilt: bool) -> None:  # fmt: skip
+        self.solver, self.step = solver, step
+        self.ran_before, self.base_rebuilt = ran_before, base_rebuilt
+
+    def __call__(self) -> MissReason | None:
+        solver = self.solver
+        about = solver._about(self.step)
+        if solver.explainer is None or about is None:
+            return None
+        return solver.explainer.explain(self.step, about, solver.stage_names, self.ran_before,
+                                        self.base_rebuilt)  # fmt: skip

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from kiln.source.dockerignore import (
     translate_glob,
 )
 from kiln.source.filehash import FileHasher
+from kiln.source.tree import FileTree, TreeEntry, fingerprint
 
 EntryKind = Literal["file", "dir", "symlink"]
 _MAX_SYMLINKS = 40  # like Linux's MAXSYMLINKS
@@ -106,6 +108,9 @@ class BuildContext:
             raise ContextError(f"build context {root} is not a directory")
         self.ignore = ignore if ignore is not None else IgnoreMatcher([])
         self._hasher = FileHasher(self.root, memo_dir)
+        self._trees: dict[str, FileTree] = {}
+        self._encoded: dict[str, str | None] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def open(
@@ -376,6 +381,7 @@ class BuildContext:
             h.update(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
 
         record("kiln.context.v1", chown, chmod, *(["owners"] if owners else []))
+        tree: list[TreeEntry] = []
         try:
             for source in sources:
                 matches = self._select_one(source)
@@ -384,16 +390,44 @@ class BuildContext:
                     record("match", match.rel_path, match.is_dir)
                     for e, st in self._walk_with_stat(match):
                         owner = [st.st_uid, st.st_gid] if owners else []
+                        path = _tree_path(match.rel_path, e.rel)
                         if e.kind == "file":
-                            record("f", e.rel, e.mode, e.size, self._hasher.sha256(e.abs_path, st),
-                                   *owner)  # fmt: skip
+                            sha = self._hasher.sha256(e.abs_path, st)
+                            record("f", e.rel, e.mode, e.size, sha, *owner)
+                            tree.append(TreeEntry(path, "f", e.mode, sha[:6]))
                         elif e.kind == "symlink":
                             record("l", e.rel, e.mode, e.link_target, *owner)
+                            target = fingerprint(e.link_target or "")
+                            tree.append(TreeEntry(path, "l", e.mode, target))
                         else:
                             record("d", e.rel, e.mode, *owner)
+                            tree.append(TreeEntry(path, "d", e.mode))
         finally:
             self._hasher.flush()
-        return "sha256:" + h.hexdigest()
+        digest = "sha256:" + h.hexdigest()
+        if not owners:
+            self._trees[digest] = FileTree(tree)
+        return digest
+
+    def tree(self, digest: str) -> FileTree | None:
+        """The files behind a :meth:`digest` this context computed (None: not one)."""
+        return self._trees.get(digest)
+
+    def encoded_tree(self, digest: str) -> str | None:
+        """:meth:`tree` encoded (once) for a cache record, None when there is none."""
+        with self._lock:
+            if digest not in self._encoded:
+                tree = self._trees.get(digest)
+                self._encoded[digest] = tree.encode() if tree is not None else None
+            return self._encoded[digest]
+
+
+def _tree_path(source: str, rel: str) -> str:
+    """Where an entry is named in a tree: below its source as the Dockerfile named it."""
+    source = source.strip("/") or "."
+    if not rel:
+        return source
+    return rel if source == "." else f"{source}/{rel}"
 
 
 def open_context(

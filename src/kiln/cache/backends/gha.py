@@ -43,6 +43,7 @@ from kiln.cache.remote.format import (
     parse_config,
     parse_json,
     parse_mounts,
+    parse_trees,
 )
 from kiln.content import BlobStore
 from kiln.errors import CacheError, KilnError, MissingBlobError
@@ -200,6 +201,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
         client: GhaClient | None = None
         records: dict[str, StepRecord] = {}
         mounts: dict[str, MountRecord] = {}
+        trees: dict[str, str] = {}
         try:
             client = self._client(spec.connection)
             # token scopes in lookup order: earlier ones win on a key present in several
@@ -215,6 +217,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
                     records.setdefault(key, record)
                     if record.layer is not None:
                         self._known_blobs.add(record.layer.digest)
+                trees = parse_trees(config) | trees
                 for mount in parse_mounts(config):
                     mounts.setdefault(mount.identity.name, mount)
                     self._known_blobs.update(m.layer.digest for m in mount.layers)
@@ -227,7 +230,7 @@ class GhaSession(CacheSession[GhaImport, GhaExport]):
         if not (records or mounts) or client is None:
             return None
         return ImportedCache(f"gha {self.scope(spec.connection)}", records, GhaBlobSource(client),
-                             ctx.locator, ctx.warn, list(mounts.values()))  # fmt: skip
+                             ctx.locator, ctx.warn, list(mounts.values()), trees)  # fmt: skip
 
     # ------------------------------------------------------------------ export
     def export(self, spec: GhaExport, entries: list[CacheEntry],

@@ -154,7 +154,7 @@ class LocalSession(CacheSession[LocalImport, LocalExport]):
             ctx.warn(f"cannot read cache {where}: {exc}")
             return None
         return ImportedCache(f"local {where}", contents.records, LocalBlobSource(layout),
-                             ctx.locator, ctx.warn, contents.mounts)  # fmt: skip
+                             ctx.locator, ctx.warn, contents.mounts, contents.trees)  # fmt: skip
 
     # ------------------------------------------------------------------ export
     def export(self, spec: LocalExport, entries: list[CacheEntry],

@@ -111,7 +111,7 @@ class RegistrySession(CacheSession[RegistryImport, RegistryExport]):
             return None
         source = RegistryBlobSource(ctx.client, spec.ref, CATEGORY)
         return ImportedCache(f"registry {spec.ref}", contents.records, source, ctx.locator,
-                             ctx.warn, contents.mounts)  # fmt: skip
+                             ctx.warn, contents.mounts, contents.trees)  # fmt: skip
 
     def export(self, spec: RegistryExport, entries: list[CacheEntry],
                mounts: list[MountRecord]) -> None:  # fmt: skip

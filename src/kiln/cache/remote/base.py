@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Protocol, TypeVar
 
@@ -146,13 +146,31 @@ class ImportedCache:
 
     def __init__(self, name: str, records: dict[str, StepRecord], provider: BlobProvider,
                  locator: BlobLocator, warn: Callable[[str], None],
-                 mounts: Sequence[MountRecord] = ()) -> None:  # fmt: skip
+                 mounts: Sequence[MountRecord] = (),
+                 trees: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.name = name
         self.records = _consistent(name, records, warn)
         self.mounts = {m.identity.name: m for m in mounts}
+        self.trees = dict(trees or {})
         self.provider = provider
         self.locator = locator
         self._lock = threading.Lock()
+        self._by_place: dict[str, list[StepRecord]] | None = None
+
+    def candidates(self, slot: str, parent: str) -> list[StepRecord]:
+        """The described records at *slot* or started from *parent* (indexed once)."""
+        with self._lock:
+            if self._by_place is None:
+                self._by_place = {}
+                for record in self.records.values():
+                    if record.about is not None:
+                        for place in (record.about.slot, record.about.parent):
+                            self._by_place.setdefault(place, []).append(record)
+            found = self._by_place.get(slot, []) + self._by_place.get(parent, [])
+        return list({id(r): r for r in found}.values())
+
+    def tree(self, digest: str) -> str | None:
+        return self.trees.get(digest)
 
     def mount(self, name: str) -> MountRecord | None:
         """The cache mount of identity *name*, its blobs made fetchable from this source."""
@@ -169,7 +187,7 @@ class ImportedCache:
             return None
         if record.layer is not None:
             self.locator.add(record.layer.digest, self.provider, diff_id=record.layer.diff_id)
-        return CacheHit(record, "remote")
+        return CacheHit(record, "remote", self.name)
 
     def invalidate(self, digest: str) -> bool:
         """Forget every record whose layer is *digest* (a corrupt or mislabelled blob)."""

@@ -8,6 +8,10 @@ when the step changed nothing. kiln's keys are its own (opaque digests), so a Bu
 cache is never mistaken for a kiln one; the structure is BuildKit's so that registries,
 tools and people who know BuildKit caches recognise kiln's.
 
+Each record also carries its key's description in kiln's own ``kiln.about``, and the
+config the trees of context files they name in ``kiln.trees`` (see
+:mod:`kiln.cache.description`): names and fingerprints, never a build-arg value.
+
 Cache mounts travel in kiln's own top-level field ``kiln.mounts`` (BuildKit ignores it):
 per mount its identity, size, time and chain of self-describing layer entries (blob,
 media type, diff ID, size, content bytes). Their blobs are among the layers a backend
@@ -22,7 +26,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.cache.records import CacheEntry, MountIdentity, MountLayer, MountRecord, StepRecord
+from kiln.cache.records import (
+    CacheEntry,
+    MountIdentity,
+    MountLayer,
+    MountRecord,
+    StepRecord,
+    read_about,
+)
 from kiln.oci import LAYER_TYPES, Descriptor, Layer, is_digest
 
 CACHE_CONFIG_MEDIA_TYPE = "application/vnd.buildkit.cacheconfig.v0"
@@ -34,6 +45,10 @@ MAX_CONFIG_SIZE = 16 << 20
 INPUTS_KEY = "kiln.inputs"
 # kiln's exported cache mounts (see the module docstring)
 MOUNTS_KEY = "kiln.mounts"
+# a record's key description (kiln.cache.description) and the trees of context files
+# they name, by digest (kiln.source.tree): what explains a later build's miss
+ABOUT_KEY = "kiln.about"
+TREES_KEY = "kiln.trees"
 
 
 class CacheFormatError(ValueError):
@@ -51,10 +66,12 @@ def _sorted(entries: Iterable[CacheEntry]) -> list[CacheEntry]:
 
 @dataclass(frozen=True, slots=True)
 class CacheContents:
-    """What one imported cache holds: step records by key and cache mounts."""
+    """What one imported cache holds: step records by key, cache mounts and the trees of
+    context files its records' descriptions name."""
 
     records: dict[str, StepRecord]
     mounts: list[MountRecord] = field(default_factory=list)
+    trees: dict[str, str] = field(default_factory=dict)
 
 
 def build_config(
@@ -101,8 +118,11 @@ def build_config(
                 layers.append(entry.layer)
         return layer_index[slot]
 
-    records = _records_json(ordered, index_of)
+    records = _records_json(ordered, index_of, describe=True)
     config: dict[str, Any] = {"layers": layers_json, "records": records}
+    trees = {e.about.tree: e.tree for e in ordered if e.about and e.about.tree and e.tree}
+    if trees:
+        config[TREES_KEY] = dict(sorted(trees.items()))
     if mounts:
         config[MOUNTS_KEY] = [_mount_json(m) for m in mounts]
         known = {x.digest for x in layers}
@@ -134,6 +154,14 @@ def _mount_json(record: MountRecord) -> dict[str, Any]:
             for m in record.layers
         ],
     }
+
+
+def parse_trees(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The encoded trees of a cache config by digest (malformed ones left out)."""
+    items = raw.get(TREES_KEY)
+    if not isinstance(items, dict):
+        return {}
+    return {k: v for k, v in items.items() if is_digest(str(k)) and isinstance(v, str)}
 
 
 def parse_mounts(raw: Mapping[str, Any]) -> list[MountRecord]:
@@ -176,9 +204,10 @@ def _natural(value: Any) -> int:
 
 
 def _records_json(
-    ordered: list[CacheEntry], layer_index: Callable[[CacheEntry], int]
+    ordered: list[CacheEntry], layer_index: Callable[[CacheEntry], int], *, describe: bool
 ) -> list[dict[str, Any]]:
-    """One record per entry: its key, a link to its parent's record, its layer."""
+    """One record per entry: its key, a link to its parent's record, its layer (and with
+    *describe*, its key's description)."""
     record_index = {e.key: i for i, e in enumerate(ordered)}
     records: list[dict[str, Any]] = []
     for entry in ordered:
@@ -192,6 +221,8 @@ def _records_json(
             record["layers"] = [result]
         if entry.inputs is not None:
             record[INPUTS_KEY] = entry.inputs  # kiln's own field: BuildKit ignores it
+        if describe and entry.about is not None:
+            record[ABOUT_KEY] = entry.about.to_json()
         records.append(record)
     return records
 
@@ -201,7 +232,9 @@ def build_inline(entries: Iterable[CacheEntry], image_layers: Sequence[Layer]) -
     image's layer *i*."""
     positions = {layer.digest: i for i, layer in enumerate(image_layers)}
     ordered = [e for e in _sorted(entries) if e.layer is None or e.layer.digest in positions]
-    records = _records_json(ordered, lambda e: positions[e.layer.digest] if e.layer else -1)
+    # no descriptions: the image config carries this, and every byte of it is pulled
+    records = _records_json(ordered, lambda e: positions[e.layer.digest] if e.layer else -1,
+                            describe=False)  # fmt: skip
     raw = json.dumps({"records": records}, sort_keys=True, separators=(",", ":"))
     return base64.b64encode(raw.encode()).decode()
 
@@ -350,8 +383,9 @@ def _record(item: Any, layers: Sequence[Layer | None]) -> tuple[str, StepRecord,
     inputs = item.get(INPUTS_KEY)
     if not (isinstance(inputs, str) and is_digest(inputs)):
         inputs = None  # absent, or not something kiln wrote: the content key is unknown
+    about = read_about(item.get(ABOUT_KEY))
     if not results:
-        return key, StepRecord(None, "", inputs), None
+        return key, StepRecord(None, "", inputs, about), None
     result = results[0]
     if not isinstance(result, dict):
         return None
@@ -364,4 +398,4 @@ def _record(item: Any, layers: Sequence[Layer | None]) -> tuple[str, StepRecord,
     layer = layers[index]
     if layer is None:
         return None
-    return key, StepRecord(layer, str(result.get("createdAt") or ""), inputs), index
+    return key, StepRecord(layer, str(result.get("createdAt") or ""), inputs, about), index

@@ -24,6 +24,7 @@ from kiln.cache.remote.format import (
     parse_config,
     parse_json,
     parse_mounts,
+    parse_trees,
 )
 from kiln.errors import CacheError
 from kiln.oci import (
@@ -162,4 +163,4 @@ def _read_records(
             )
         blobs[desc.digest] = Layer(Descriptor(desc.media_type, desc.digest, desc.size), diff_id)
     config = parse_json(read_blob(configs[0]), f"cache config of {what}")
-    return CacheContents(parse_config(config, blobs), parse_mounts(config))
+    return CacheContents(parse_config(config, blobs), parse_mounts(config), parse_trees(config))

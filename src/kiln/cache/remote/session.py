@@ -10,10 +10,11 @@ each mount an export selects (``cache-mounts=``) is sealed once, under the small
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, cast
 
-from kiln.cache.records import CacheEntry, MountIdentity, MountRecord
+from kiln.cache.records import CacheEntry, MountIdentity, MountRecord, SourceStatus
 from kiln.cache.remote.base import (
     CacheBackend,
     CacheContext,
@@ -72,18 +73,31 @@ class CacheSessions:
 class RemoteCaches:
     def __init__(self, ctx: CacheContext, imports: Sequence[ImportFlag],
                  exports: Sequence[ExportFlag]) -> None:  # fmt: skip
-        self.sessions = CacheSessions(ctx)
+        self.sessions = CacheSessions(dataclasses.replace(ctx, warn=self._warn))
         self.warn = ctx.warn
         self.imports = list(imports)
         self.exports = list(exports)
         self.loaded: list[ImportedCache] = []
+        self.statuses: list[SourceStatus] = []  # per --cache-from, after load()
+        self._notes: list[str] | None = None
+
+    def _warn(self, message: str) -> None:
+        if self._notes is not None:
+            self._notes.append(message)
+        self.warn(message)
 
     def load(self) -> list[ImportedCache]:
         """Import every ``--cache-from`` in order (earlier sources win on lookups)."""
         for item in self.imports:
-            cache = item.load(self.sessions)
+            self._notes = []
+            try:
+                cache = item.load(self.sessions)
+            finally:
+                notes, self._notes = self._notes, None
             if cache is not None:
                 self.loaded.append(cache)
+            shown = "; ".join(notes) or (f"{len(cache.records)} results" if cache else "")
+            self.statuses.append(SourceStatus(item.text, cache is not None, shown))
         return self.loaded
 
     def close(self) -> None:
