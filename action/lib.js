@@ -197,7 +197,8 @@ function escapeCell(text) {
   return String(text).replace(/\|/g, '\\|').replace(/\n/g, ' ');
 }
 
-// The job summary: every step (cached or not, time), the bytes moved, the cache mounts.
+// The job summary: every step (cached where from, or why it ran; time), the bytes moved,
+// the cache mounts.
 function summary(metadata, seconds) {
   const steps = metadata.steps || [];
   const cached = steps.filter((s) => s.cached).length;
@@ -206,12 +207,13 @@ function summary(metadata, seconds) {
     '',
     `${cached}/${steps.length} steps cached, ${seconds.toFixed(1)} s; pulled ${formatBytes(metadata.bytes_pulled)}, pushed ${formatBytes(metadata.bytes_pushed)}`,
     '',
-    '| step | cached | seconds |',
-    '| --- | --- | --- |',
+    '| step | cached | seconds | why it ran |',
+    '| --- | --- | --- | --- |',
   ];
   for (const step of steps) {
-    const how = step.cached ? `yes (${step.cached})` : 'no';
-    lines.push(`| ${escapeCell(step.step)} | ${how} | ${step.seconds} |`);
+    const how = step.cached ? `yes (${step.source || step.cached})` : 'no';
+    const why = step.miss_reason ? step.miss_reason.detail || step.miss_reason.kind : '';
+    lines.push(`| ${escapeCell(step.step)} | ${escapeCell(how)} | ${step.seconds} | ${escapeCell(why)} |`);
   }
   const mounts = metadata.cache_mounts || [];
   if (mounts.length > 0) {

@@ -81,7 +81,9 @@ test('provenance and sbom are accepted with a notice', () => {
 test('outputs and the job summary come from the metadata file', () => {
   const metadata = {
     'containerimage.digest': 'sha256:aa', 'containerimage.config.digest': 'sha256:cc',
-    steps: [{step: 'build 2/3 RUN make | tee', cached: 'remote', seconds: 0}, {step: 'build 3/3 COPY . .', cached: false, seconds: 1.5}],
+    steps: [{step: 'build 2/3 RUN make | tee', cached: 'remote', source: 'registry r/app:cache', seconds: 0},
+      {step: 'build 3/3 COPY . .', cached: false, seconds: 1.5,
+        miss_reason: {kind: 'file-changed', subject: 'src/a|b.go', detail: 'src/a|b.go changed (and 2 more)'}}],
     bytes_pulled: 1500, bytes_pushed: 0, pushed: ['r/app:1@sha256:aa'],
     cache_mounts: [{id: '/root/.cache/go-build', restored_from: 'registry r/app:cache', imported_bytes: 2500000, export: 'delta', exported_bytes: 1200}],
   };
@@ -91,7 +93,8 @@ test('outputs and the job summary come from the metadata file', () => {
   assert.deepEqual(JSON.parse(out.metadata), metadata);
   const text = lib.summary(metadata, 2.25);
   assert.match(text, /1\/2 steps cached, 2\.3 s; pulled 1\.5 kB, pushed 0 B/);
-  assert.match(text, /\| build 2\/3 RUN make \\\| tee \| yes \(remote\) \| 0 \|/);
+  assert.match(text, /\| build 2\/3 RUN make \\\| tee \| yes \(registry r\/app:cache\) \| 0 \| {2}\|/);
+  assert.match(text, /\| build 3\/3 COPY \. \. \| no \| 1\.5 \| src\/a\\\|b\.go changed \(and 2 more\) \|/);
   assert.match(text, /\| \/root\/\.cache\/go-build \| 2\.5 MB from registry r\/app:cache \| delta, 1\.2 kB \|/);
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-out-')), 'out');
   lib.setOutput({GITHUB_OUTPUT: file}, 'metadata', '{\n"a": 1\n}');

@@ -9,6 +9,7 @@ before (flags by their parsers, the Dockerfile and context here, before any step
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,18 @@ from kiln.cache.backends.inline import InlineBackend
 from kiln.cache.backends.local import LocalBackend
 from kiln.cache.backends.registry import RegistryBackend
 from kiln.cache.mounts.store import MountStore
-from kiln.cache.remote.base import CacheContext, CacheType, ExportFlag, ImportFlag
+from kiln.cache.remote.base import (
+    CacheContext,
+    CacheType,
+    ExportFlag,
+    ImportedCache,
+    ImportFlag,
+)
+from kiln.cache.remote.flags import parse_cache_from
 from kiln.cache.remote.session import RemoteCaches
 from kiln.cache.store import LocalCache, now_rfc3339
 from kiln.content import BlobLocator, BlobStore
-from kiln.errors import BlobUnavailableError, UsageError
+from kiln.errors import BlobUnavailableError, CacheError, UsageError
 from kiln.executor.runc import RuncExecutor
 from kiln.exporter.base import ExportContext, OutputFlag, OutputType, default_oci_mediatypes
 from kiln.exporter.image import BuildImages, ImageSet
@@ -210,6 +218,29 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         write_metadata(options.metadata_file, metadata(built, oci, pushed, outcome.reports, stats,
                                                        cache_mounts.reports()))  # fmt: skip
     return outcome
+
+
+def inspect_cache(text: str, platform: Platform | None = None) -> ImportedCache:
+    """What one cache source holds (``SOURCE`` as ``--cache-from`` reads it), loaded as a
+    build would load it, into a scratch store; an unusable source is a ``CacheError``."""
+    flag = parse_cache_from(text, cache_backends())
+    notes: list[str] = []
+    stats = TransferStats()
+    with (
+        tempfile.TemporaryDirectory(prefix="kiln-inspect-") as scratch,
+        RegistryClient(DockerConfig(), stats=stats, insecure=set(flag.insecure_hosts)) as client,
+    ):
+        blobs = BlobStore(Path(scratch) / "blobs")
+        ctx = CacheContext(client, blobs, BlobLocator(blobs, diff_id_of), notes.append, stats,
+                           platform or host_platform())  # fmt: skip
+        caches = RemoteCaches(ctx, [flag], [])
+        try:
+            loaded = caches.load()
+        finally:
+            caches.close()
+    if not loaded:
+        raise CacheError(f"cannot inspect {flag.text}: " + ("; ".join(notes) or "nothing there"))
+    return loaded[0]
 
 
 def check_multi_platform(outputs: tuple[OutputFlag, ...], platforms: list[Platform]) -> None:

@@ -15,9 +15,11 @@ from typing import Any
 from kiln.attrs import Attrs, flag_error
 from kiln.build import BuildOptions, cache_backends, exporters, run_build
 from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
+from kiln.cli.explain import print_table
 from kiln.cli.progress import RichProgress, make_progress
 from kiln.errors import UsageError
 from kiln.exporter.base import parse_outputs
+from kiln.exporter.metadata import step_json
 from kiln.registry.reference import Reference
 
 
@@ -41,6 +43,11 @@ def register(sub: Any) -> None:
                    help="no build output; print the image ID when done (as buildx)")  # fmt: skip
     p.add_argument("--network", default="default", choices=["default", "host", "none"])
     p.add_argument("--metadata-file", type=Path, help="write build metadata (JSON) here")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print each step at the end: hit source, why it ran, time, bytes",
+    )
     p.add_argument("--platform", action="append", default=[],
                    help="target platforms, comma-separated (default: the host's); foreign "
                    "ones run under QEMU (kiln setup-qemu)")  # fmt: skip
@@ -172,4 +179,6 @@ def run(args: argparse.Namespace) -> int:
             f"built {outcome.digest} ({total - ran}/{total} steps cached)",
             file=sys.stderr,
         )
+    if args.explain:
+        print_table([step_json(r) for r in outcome.reports])
     return 0

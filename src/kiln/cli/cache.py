@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln.cli import cache_inspect
 from kiln.errors import UsageError
 
 DEFAULT_URL_ENV = "KILN_CACHE_URL"
@@ -260,6 +261,8 @@ def register(sub: Any) -> None:
     rm.add_argument("--prefix", action="store_true", help="--key is a prefix")
     rm.add_argument("--scope", help="only in this scope")
     rm.set_defaults(handler=_rm)
+
+    cache_inspect.register(cache_sub)
 
     stats = cache_sub.add_parser("stats", help="entries, bytes, hits, misses, evictions")
     _add_client_options(stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kiln.cache.description import KeyDescription, shorten, value_print
 from kiln.frontend.base import (
+    BindMount,
     BuildPlan,
     ContextSource,
     CopyOp,
@@ -69,8 +70,8 @@ def describe_step(step: Step, stage: StagePlan, label: str, parent: str, base: s
             inputs[name] = value_print(name, fields[name])
         for mount, raw in zip(op.mounts, fields["mounts"], strict=True):
             inputs[f"mount {mount.target}"] = value_print("mount", raw)
-            if not tree and raw.get("from", {}).get("context"):
-                tree = raw["from"]["context"]
+            if not tree and isinstance(mount, BindMount) and mount.context_digest:
+                tree = mount.context_digest  # a bind of context files
         for item in op.env:
             name, _, value = item.partition("=")
             env[name] = value_print(name, value)

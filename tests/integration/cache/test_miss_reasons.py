@@ -8,6 +8,8 @@ plain progress (``#N MISS …``).
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from tests.fixtures.build import KilnRun, make_context
 from tests.fixtures.gha import gha_env
 from tests.fixtures.registry import RegistryServer
@@ -113,7 +116,7 @@ COPY = "COPY src/ /src/"
 RUN = 'RUN echo "$VERSION $MODE" > /v && ls -lR /src | wc -l > /count'
 
 
-def test_one_changed_file_of_a_large_copy(build, cache: Cache, ctx: Path):
+def test_one_changed_file_of_a_large_copy(build, kiln, cache: Cache, ctx: Path):
     build(cache, ctx)
     (ctx / "src/d07/f0127.txt").write_text("changed\n")
     run = build(cache, ctx)
@@ -128,6 +131,14 @@ def test_one_changed_file_of_a_large_copy(build, cache: Cache, ctx: Path):
     assert after["kind"] == "previous-step"
     assert COPY in after["subject"]
     assert step(run, "COPY last.txt")["cached"] is False
+    # the whole table, from the metadata file
+    saved = ctx.parent / "metadata.json"
+    saved.write_text(json.dumps(run.metadata))
+    table = kiln("explain", saved).check().stdout.splitlines()
+    assert table[0].split() == ["STEP", "RESULT", "TIME", "BYTES", "WHY"]
+    (copy_row,) = [row for row in table if COPY in row]
+    assert " ran " in copy_row and copy_row.endswith("src/d07/f0127.txt changed")
+    assert table[-1] == "0/3 steps cached, 3 ran"
 
 
 def test_added_and_removed_files(build, registry_cache: Cache, ctx: Path):
@@ -242,3 +253,47 @@ def test_other_platform(kiln, multiarch_busybox: str, tmp_path: Path, registry: 
     why = reason(run, "COPY a.txt")
     assert (why["kind"], why["subject"]) == ("platform", "linux/arm64")
     assert "linux/amd64" in why["detail"]
+
+
+def _contents(path: Path) -> bytes:
+    """A file's bytes, decompressed when it is a gzip or zstd layer."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
+
+
+def test_no_secret_or_build_arg_value_in_any_exported_blob_or_config(
+    kiln, busybox_image: str, tmp_path: Path, registry: RegistryServer
+):
+    secret, value = b"s3cr3t-token-4471", "arg-value-8812"
+    (tmp_path / "token").write_bytes(secret)
+    ctx = make_context(tmp_path / "ctx", """\
+ARG BASE
+FROM ${BASE}
+ARG VERSION
+COPY a.txt /a.txt
+RUN --mount=type=secret,id=tok test -s /run/secrets/tok && test -n "$VERSION" && echo ok > /ok
+RUN --mount=type=cache,target=/cache test -n "$VERSION" && echo data > /cache/data
+""", {"a.txt": "a\n"})  # fmt: skip
+    ref = f"{registry.host}/why/secrets:cache"
+    before = {p for p in registry.storage.rglob("*") if p.is_file()}
+    kiln("build", "--build-arg", f"BASE={busybox_image}", "--build-arg", f"VERSION={value}",
+         "--secret", f"id=tok,src={tmp_path / 'token'}",
+         "--cache-to", f"type=local,dest={tmp_path / 'cache'},mode=max",
+         "--cache-to", f"type=registry,ref={ref},mode=max", ctx,
+         root=tmp_path / "root").check()  # fmt: skip
+    exported = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    exported += [p for p in registry.storage.rglob("*") if p.is_file() and p not in before]
+    exported += [p for p in (tmp_path / "root" / "cache").rglob("*") if p.is_file()
+                 and "mounts" not in p.parts]  # the local store's records and trees  # fmt: skip
+    assert len(exported) > 10
+    described = 0
+    for path in exported:
+        data = _contents(path)
+        assert secret not in data, path
+        assert value.encode() not in data, path
+        described += b"kiln.about" in data
+    assert described >= 2  # the local and the registry cache configs
