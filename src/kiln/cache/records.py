@@ -94,6 +94,7 @@ class SourceStatus:
     name: str  # the flag's value, credentials redacted
     loaded: bool
     note: str = ""
+    described: bool = True  # its records carry key descriptions (not inline, not BuildKit's)
 
 
 class DescribedSource(Protocol):

@@ -83,15 +83,22 @@ class Explainer:
         return found
 
     def _no_source(self, about: KeyDescription) -> MissReason:
-        looked = ["the local store (nothing for this step)"]
-        looked += [f"{s.name} ({s.note or ('loaded' if s.loaded else 'not usable')})"
-                   for s in self.statuses]  # fmt: skip
-        return MissReason(
-            "no-source",
-            about.stage,
-            f"no source holds step {about.step} of stage {about.stage}; looked up: "
-            + "; ".join(looked),
-        )
+        where = f"step {about.step} of stage {about.stage}"
+        if not self.statuses:
+            return MissReason("no-source", about.stage,
+                              f"nothing is cached for {where}: the local store has no result "
+                              "for it and no --cache-from was given")  # fmt: skip
+        looked = ["the local store (nothing for it)"]
+        for status in self.statuses:
+            if status.loaded and not status.described:
+                looked.append(f"{status.name} (its records say nothing of their inputs: an "
+                              "inline cache, or one BuildKit or an older kiln wrote)")  # fmt: skip
+            elif status.loaded:
+                looked.append(f"{status.name} (loaded, nothing for it)")
+            else:
+                looked.append(f"{status.name} ({status.note or 'not usable'})")
+        return MissReason("no-source", about.stage,
+                          f"no source holds {where}; looked up: " + "; ".join(looked))  # fmt: skip
 
     # ------------------------------------------------------------------ comparing
     def _compare(self, step: Step, now: KeyDescription, cand: Candidate,

@@ -136,7 +136,7 @@ def test_one_changed_file_of_a_large_copy(build, kiln, cache: Cache, ctx: Path):
     saved.write_text(json.dumps(run.metadata))
     table = kiln("explain", saved).check().stdout.splitlines()
     assert table[0].split() == ["STEP", "RESULT", "TIME", "BYTES", "WHY"]
-    (copy_row,) = [row for row in table if COPY in row]
+    (copy_row,) = [row for row in table if row.startswith(f"app 2/4 {COPY}")]
     assert " ran " in copy_row and copy_row.endswith("src/d07/f0127.txt changed")
     assert table[-1] == "0/3 steps cached, 3 ran"
 
@@ -297,3 +297,16 @@ RUN --mount=type=cache,target=/cache test -n "$VERSION" && echo data > /cache/da
         assert value.encode() not in data, path
         described += b"kiln.about" in data
     assert described >= 2  # the local and the registry cache configs
+
+
+def test_an_inline_cache_says_it_cannot_explain(build, ctx: Path, registry: RegistryServer):
+    image = f"{registry.host}/why/inline:latest"
+    inline = Cache("registry", Path("unused"), registry, {})
+    inline.from_, inline.to = image, "type=inline"
+    build(inline, ctx, "-t", image, "--push")
+    (ctx / "last.txt").write_text("v2\n")
+    run = build(inline, ctx, "-t", image, "--push")
+    assert step(run, COPY)["cached"] == "remote"
+    why = reason(run, "COPY last.txt")
+    assert why["kind"] == "no-source"
+    assert f"type=registry,ref={image} (its records say nothing of their inputs" in why["detail"]

@@ -96,8 +96,9 @@ class RemoteCaches:
                 notes, self._notes = self._notes, None
             if cache is not None:
                 self.loaded.append(cache)
-            shown = "; ".join(notes) or (f"{len(cache.records)} results" if cache else "")
-            self.statuses.append(SourceStatus(item.text, cache is not None, shown))
+            described = cache is not None and any(r.about for r in cache.records.values())
+            self.statuses.append(SourceStatus(item.text, cache is not None, "; ".join(notes),
+                                              described))  # fmt: skip
         return self.loaded
 
     def close(self) -> None:
