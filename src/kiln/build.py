@@ -42,6 +42,7 @@ from kiln.exporter.outputs.registry import ImageExporter, RegistryExporter
 from kiln.frontend.dockerfile import parse_file
 from kiln.frontend.planner import Planner
 from kiln.frontend.stage import PlanOptions
+from kiln.gc.auto import capped
 from kiln.http.stats import TransferStats
 from kiln.oci import Platform, host_platform
 from kiln.registry.client import RegistryClient
@@ -141,6 +142,7 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
         contextlib.ExitStack() as stack,
         RegistryClient(DockerConfig(), stats=stats, insecure=_insecure_hosts(options)) as client,
     ):
+        stack.enter_context(capped(root, progress.message))  # the lease; then KILN_ROOT_MAX
         context, dockerfile = open_context(options.context, options.dockerfile, root.path)
         resolver = RegistryResolver(client, locator)
         plans = []

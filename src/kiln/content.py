@@ -26,7 +26,7 @@ from typing import IO, Protocol
 
 from kiln.errors import CorruptBlobError, KilnError
 from kiln.oci import Descriptor, digest_hex, is_digest
-from kiln.state import write_atomic
+from kiln.state import use_lock, write_atomic
 
 CHUNK = 1 << 20
 
@@ -58,16 +58,32 @@ class BlobWriter:
 
 
 class BlobStore:
+    """*guard*: the lock a build holds for an instant while it marks a blob used, and the
+    garbage collector (``kiln.gc``) while it deletes one; ``gc.lock`` beside the store."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._diff_ids = root.parent / "diffids"
         root.mkdir(parents=True, exist_ok=True)
+        self.guard = use_lock(root.parent / "gc.lock")
 
     def path(self, digest: str) -> Path:
         return self.root / digest_hex(digest)
 
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
+
+    def touch(self, digest: str) -> bool:
+        """Mark the blob used now (the collector keeps what running builds use) and tell
+        whether it is here."""
+        with self.guard.shared():
+            try:
+                os.utime(self.path(digest))
+                return True
+            except FileNotFoundError:
+                return False
+            except OSError:  # a read-only store: no last use, but the blob may be there
+                return self.has(digest)
 
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
@@ -218,7 +234,7 @@ class BlobLocator:
         """Make *desc* present in the local store, trying each known source in turn, and
         (unless *check* is off: the caller verifies the layer itself, as unpacking does)
         check that it is the layer every source claims it is."""
-        if not self.store.has(desc.digest):
+        if not self.store.touch(desc.digest):
             self._download(desc)
         if check:
             self._check_claims(desc)

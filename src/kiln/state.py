@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ class KilnRoot:
     def sources(self) -> Path:
         """Downloaded ADD sources, keyed by URL digest."""
         return self.path / "sources"
+
+    @property
+    def gc_lock(self) -> Path:
+        """The lock between users of stored records and blobs and the garbage collector
+        (:class:`UseLock`; beside the blobs, see ``kiln.content.BlobStore.guard``)."""
+        return self.blobs.parent / "gc.lock"
 
     def ensure(self) -> KilnRoot:
         for p in (self.blobs, self.snapshots, self.cache_keys, self.cache_mounts, self.tmp):
@@ -106,6 +113,7 @@ def sweep_stale_sessions(tmp: Path) -> int:
     unmounted, then it is deleted. Returns how many sessions were swept.
     """
     swept = 0
+    live_leases(tmp)  # and the leases of dead builds
     for lock_path in tmp.glob("session-*.lock") if tmp.is_dir() else []:
         session = lock_path.with_suffix("")
         try:
@@ -158,6 +166,134 @@ def _unmount_below(path: Path) -> None:
         return
     for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+# ---------------------------------------------------------------------- garbage collection
+# What `kiln prune` and the automatic cap (kiln.gc) need from every kiln process: builds
+# are visible while they run (leases), and marking a record or blob used is atomic with
+# respect to the collector's check-and-delete (the use lock).
+
+LEASE_GLOB = "build-*.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    path: Path
+    start: int  # ns, a file-system time
+
+
+@contextmanager
+def build_lease(tmp: Path) -> Iterator[Lease]:
+    """Hold a lease for one build: ``tmp/build-*.lock``, locked while the build runs.
+
+    Its start is a file-system time (ns) on the clock that stamps everything the build
+    touches: the collector leaves whatever was used at or after the start of the oldest
+    live lease (:func:`live_leases`). The file is locked before it takes its name, so a
+    lease seen unlocked is always a dead one."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    token = f"build-{os.getpid()}-{secrets.token_hex(6)}"
+    staging = tmp / f".{token}.lock"
+    with open(staging, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        final = tmp / f"{token}.lock"
+        os.replace(staging, final)
+        try:
+            yield Lease(final, os.fstat(fh.fileno()).st_mtime_ns)
+        finally:
+            with suppress(FileNotFoundError):
+                final.unlink()
+
+
+def live_leases(tmp: Path) -> list[Lease]:
+    """The builds running now; the leases of dead ones are removed."""
+    found = []
+    # a staging lease (".build-*.lock") is held by a build about to name it
+    paths = [*tmp.glob(LEASE_GLOB), *tmp.glob("." + LEASE_GLOB)] if tmp.is_dir() else []
+    for path in sorted(paths):
+        try:
+            with open(path, "a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a live build holds it
+                    found.append(Lease(path, os.fstat(fh.fileno()).st_mtime_ns))
+                    continue
+                path.unlink(missing_ok=True)  # its build is gone
+        except OSError:
+            continue
+    return found
+
+
+def fs_now(directory: Path) -> int:
+    """Now (ns), as the file system of *directory* stamps files (its clock and
+    granularity, which can lag ``time.time()``): a marker file is touched and read."""
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / ".now"
+    with open(marker, "a"):
+        os.utime(marker)
+    return marker.stat().st_mtime_ns
+
+
+class UseLock:
+    """The lock between users of stored state and the garbage collector.
+
+    A build holds it *shared* for an instant while it marks a record or a blob used
+    (touches it) and checks that it is there; the collector holds it *exclusive* while it
+    checks an entry's last use and deletes it. So either the entry was deleted first (the
+    build sees it missing: a miss, a fetch) or the collector sees the new last use and
+    keeps it. One lock per process and path: threads share one shared hold (``flock``
+    locks belong to open files, so a second open would be a lock of its own)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mutex = threading.Lock()
+        self._holders = 0
+        self._fh: IO[str] | None = None
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._mutex:
+            if self._holders == 0:
+                fh = open(self.path, "a")  # noqa: SIM115 - held while there are holders
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_SH)  # waits only for a collector's instant
+                except BaseException:
+                    fh.close()
+                    raise
+                self._fh = fh
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._holders -= 1
+                if self._holders == 0 and self._fh is not None:
+                    self._fh.close()  # releases the lock
+                    self._fh = None
+
+    @contextmanager
+    def exclusive(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold it exclusively; without *wait*, yields False (not held) when it is busy."""
+        with open(self.path, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+
+_USE_LOCKS: dict[Path, UseLock] = {}
+_USE_LOCKS_GUARD = threading.Lock()
+
+
+def use_lock(path: Path) -> UseLock:
+    """This process's :class:`UseLock` of the lock file *path*."""
+    key = path.absolute()
+    with _USE_LOCKS_GUARD:
+        lock = _USE_LOCKS.get(key)
+        if lock is None:
+            lock = _USE_LOCKS[key] = UseLock(key)
+        return lock
 
 
 @contextmanager

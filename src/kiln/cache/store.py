@@ -8,6 +8,10 @@ no longer present locally, is a miss: never a crash and never a wrong hit.
 For explaining misses, a record also holds its key's description; beside the keys,
 ``cache/slots`` lists the newest keys of each step position (``KeyDescription.slot``)
 and ``cache/trees`` holds the trees of context files the descriptions name.
+
+A lookup marks the record used (its mtime) and a put marks its blob, under the use lock
+(``BlobStore.guard``): ``kiln prune`` (:mod:`kiln.gc`) removes the least recently used
+records first, each before the blob it names, and never one a running build used.
 """
 
 from __future__ import annotations
@@ -46,21 +50,26 @@ class LocalCache:
 
     def get(self, key: str) -> StepRecord | None:
         path = self._path(key)
-        try:
-            raw = json.loads(path.read_bytes())
-            record = StepRecord.from_json(raw)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable cache entry %s: %s", path.name, exc)
-            self._drop(path)
-            return None
-        layer = record.layer
-        if layer is not None and not self._blob_intact(layer):
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # last use, for size-capped pruning
-        return record
+        with self.blobs.guard.shared():  # the collector removes a record or keeps it used
+            try:
+                os.utime(path)  # last use, for pruning (kiln.gc): least recently used first
+            except FileNotFoundError:
+                return None
+            except OSError:
+                pass
+            try:
+                raw = json.loads(path.read_bytes())
+                record = StepRecord.from_json(raw)
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable cache entry %s: %s", path.name, exc)
+                self._drop(path)
+                return None
+            layer = record.layer
+            if layer is not None and not self._blob_intact(layer):
+                return None
+            return record
 
     def _blob_intact(self, layer: Layer) -> bool:
         """The layer's blob is here with the size its descriptor says (a cheap check; a
@@ -77,7 +86,11 @@ class LocalCache:
         return True
 
     def put(self, key: str, record: StepRecord) -> None:
-        write_atomic(self._path(key), json.dumps(record.to_json(), sort_keys=True).encode())
+        data = json.dumps(record.to_json(), sort_keys=True).encode()
+        with self.blobs.guard.shared():
+            if record.layer is not None:
+                self.blobs.touch(record.layer.digest)  # named again: used now
+            write_atomic(self._path(key), data)
         if record.about is not None:
             self._remember(record.about.slot, key)
 

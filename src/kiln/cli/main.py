@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kiln.cli import explain as explain_cmd
     from kiln.cli import imagetools as imagetools_cmd
     from kiln.cli import login as login_cmd
+    from kiln.cli import prune as prune_cmd
     from kiln.cli import qemu as qemu_cmd
 
     parser = argparse.ArgumentParser(
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_cmd.register(sub)
     qemu_cmd.register(sub)
     imagetools_cmd.register(sub)
+    prune_cmd.register(sub)
     explain_cmd.register(sub)
     version = sub.add_parser("version", help="print kiln's version")
     version.set_defaults(handler=_version)

@@ -3,6 +3,12 @@
 A layer is unpacked once (into a temporary directory, its diff ID verified, then renamed
 into place) and used read-only as an overlay lowerdir from then on. A step's upper dir
 becomes the snapshot of the layer it produced, so a freshly built layer is never unpacked.
+
+Each snapshot has a lock file, ``.<diff id hex>.lock``: held exclusively while the
+snapshot is made, shared while it is mounted (:meth:`SnapshotStore.mounted`), and its
+mtime is the snapshot's last use. ``kiln prune`` (:mod:`kiln.gc`) removes a snapshot only
+when it can take that lock at once, so a mounted snapshot is never removed; one removed
+between two steps is unpacked again from its blob.
 """
 
 from __future__ import annotations
@@ -50,11 +56,19 @@ class SnapshotStore:
     def exists(self, diff_id: str) -> bool:
         return self.path(diff_id).is_dir()
 
+    def lock_path(self, diff_id: str) -> Path:
+        return self.root / f".{digest_hex(diff_id)}.lock"
+
+    def _touch(self, diff_id: str) -> None:
+        """Mark the snapshot used now (its lock file's mtime)."""
+        with contextlib.suppress(OSError), open(self.lock_path(diff_id), "a"):
+            os.utime(self.lock_path(diff_id))
+
     @contextlib.contextmanager
     def _locked(self, diff_id: str) -> Iterator[None]:
         with self._locks_guard:
             lock = self._locks.setdefault(diff_id, threading.Lock())
-        lock_file = self.root / f".{digest_hex(diff_id)}.lock"
+        lock_file = self.lock_path(diff_id)
         with lock, open(lock_file, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -81,7 +95,7 @@ class SnapshotStore:
             if target.is_dir():
                 self._link(layer.diff_id)
                 return target
-            if not self.blobs.has(layer.digest):
+            if not self.blobs.touch(layer.digest):
                 fetch(layer)
             tmp = self.kiln_root.tempdir("unpack-")
             try:
@@ -90,20 +104,40 @@ class SnapshotStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            self._touch(layer.diff_id)
             self._link(layer.diff_id)
             return target
 
     def adopt(self, upper: Path, diff_id: str) -> None:
         """Make a step's upper dir the snapshot of the layer it produced."""
         target = self.path(diff_id)
-        with self._locked(diff_id):
-            if target.is_dir():
-                shutil.rmtree(upper, ignore_errors=True)
-            else:
-                os.rename(upper, target)
+        if target.is_dir():  # no exclusive lock: another step may have it mounted
+            shutil.rmtree(upper, ignore_errors=True)
+        else:
+            with self._locked(diff_id):
+                if target.is_dir():
+                    shutil.rmtree(upper, ignore_errors=True)
+                else:
+                    os.rename(upper, target)
+        self._touch(diff_id)
         self._link(diff_id)
 
-    def lowers(self, chain: Sequence[Layer], fetch: BlobFetcher) -> list[str]:
+    def _hold(self, layer: Layer, fetch: BlobFetcher, stack: contextlib.ExitStack) -> None:
+        """Hold *layer*'s snapshot shared until *stack* closes (``kiln prune`` leaves it),
+        making it again if it was pruned since it was ensured."""
+        while True:
+            fh = stack.enter_context(open(self.lock_path(layer.diff_id), "a"))  # noqa: SIM115
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            if self.exists(layer.diff_id):
+                with contextlib.suppress(OSError):
+                    os.utime(self.lock_path(layer.diff_id))
+                self._link(layer.diff_id)
+                return
+            fh.close()  # pruned meanwhile: unpack it again (exclusively), then hold it
+            self.ensure(layer, fetch)
+
+    def lowers(self, chain: Sequence[Layer], fetch: BlobFetcher,
+               hold: contextlib.ExitStack | None = None) -> list[str]:  # fmt: skip
         """Overlay lowerdir names for *chain* (bottom layer first), top-most first; missing
         layers are fetched and unpacked in parallel.
 
@@ -112,13 +146,16 @@ class SnapshotStore:
         refuses a repeated lowerdir, and the lower copy cannot show through the upper one,
         which holds the same entries (whiteouts and opaque markers included). A layer whose
         root is opaque ends the list: what lies below it is hidden, as when the layers are
-        applied one by one."""
+        applied one by one. With *hold*, every snapshot is held shared until it closes."""
         missing = {layer.diff_id: layer for layer in chain if not self.exists(layer.diff_id)}
         if len(missing) > 1:
             with ThreadPoolExecutor(max_workers=min(4, len(missing))) as pool:
                 list(pool.map(lambda layer: self.ensure(layer, fetch), missing.values()))
         for layer in chain:
             self.ensure(layer, fetch)
+        if hold is not None:
+            for layer in {layer.diff_id: layer for layer in chain}.values():
+                self._hold(layer, fetch, hold)
         names: list[str] = []
         for layer in reversed(chain):
             names.append(self.link_name(layer.diff_id))
@@ -138,22 +175,24 @@ class SnapshotStore:
     def mounted(
         self, chain: Sequence[Layer], fetch: BlobFetcher, *, upper: Path | None = None
     ) -> Iterator[Path]:
-        """Mount *chain* (read-only, or with *upper* as the writable layer)."""
-        lowers = self.lowers(chain, fetch)
-        scratch = self.kiln_root.tempdir("mnt-")
-        target = scratch / "root"
-        target.mkdir()
-        work = None
-        if upper is not None:
-            work = upper.parent / (upper.name + ".work")
-            work.mkdir(exist_ok=True)
-        try:
-            mount_overlay(self.root, lowers, target, upper=upper, work=work)
+        """Mount *chain* (read-only, or with *upper* as the writable layer); its snapshots
+        are held shared while it is mounted."""
+        with contextlib.ExitStack() as held:
+            lowers = self.lowers(chain, fetch, held)
+            scratch = self.kiln_root.tempdir("mnt-")
+            target = scratch / "root"
+            target.mkdir()
+            work = None
+            if upper is not None:
+                work = upper.parent / (upper.name + ".work")
+                work.mkdir(exist_ok=True)
             try:
-                yield target
+                mount_overlay(self.root, lowers, target, upper=upper, work=work)
+                try:
+                    yield target
+                finally:
+                    unmount(target)
             finally:
-                unmount(target)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            if work is not None:
-                shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(scratch, ignore_errors=True)
+                if work is not None:
+                    shutil.rmtree(work, ignore_errors=True)

@@ -6,10 +6,11 @@ file reruns the step and an unchanged one (HTTP 304, or same bytes) hits the cac
 A URL's directory holds ``meta.json``, the one source of truth, and the content in a file
 named by its digest. A download is written atomically to a staging name, then renamed to
 its digest's name; only then is ``meta.json`` replaced (atomically) to point at it, and
-what it no longer points at is removed last. After a crash at any point ``meta.json`` names the old
-complete download or the new one, never a mix. A lock file serializes kiln processes
-fetching the same URL. Requests are retried under :mod:`kiln.http.retry`; a download cut
-off midway starts again, within the same budget.
+what it no longer points at is removed last. After a crash at any point ``meta.json``
+names the old complete download or the new one, never a mix; its mtime is the
+download's last use. A lock file serializes kiln processes fetching the same URL (and
+``kiln prune``). Requests are retried under :mod:`kiln.http.retry`; a download cut off
+midway starts again, within the same budget.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class Download:
 
 def _dir(root: KilnRoot, url: str) -> Path:
     return root.sources / hashlib.sha256(url.encode()).hexdigest()
+
+
+def committed(base: Path) -> bool:
+    """Whether the URL directory *base* holds a complete download."""
+    return _read_meta(base) is not None
 
 
 def _read_meta(base: Path) -> dict[str, Any] | None:
@@ -110,6 +116,8 @@ class UrlFetcher:
             with _locked(base):
                 meta = self._fetch(sender, base, url, shown, checksum)
                 _remove_all_but(base, digest_hex(meta["digest"]))
+                with suppress(OSError):
+                    os.utime(base / META)  # last use (kiln.gc prunes a download under the lock)
         except OSError as exc:
             raise KilnError(f"cannot store the download of {shown}: {exc}") from exc
         finally:

@@ -18,8 +18,11 @@ every ``--cache-to`` that carries it.
 - **Secrets**: a secret's target inside a mount, and any file holding a secret's bytes,
   is never exported.
 
-Callers hold the directory's lock (:meth:`MountStore.lock_path`) around :meth:`restore`;
-:meth:`seal` takes it itself.
+Callers hold the directory's lock (:meth:`MountStore.lock_path`) around :meth:`restore`
+and while a step uses the directory; :meth:`seal` takes it itself. The lock file's mtime
+is the mount's last use; ``kiln prune`` (:mod:`kiln.gc`) removes a directory and its
+state together, only when it can take the lock at once, and the chain blobs a state
+names only once the state is gone.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class CacheMountSpec(Protocol):
 
 
 MAX_CHAIN = 8  # blobs in a chain before it is compacted into one
+LOCK_SUFFIX = ".lock"  # .<name>.lock beside the directory <name>
+STATE_SUFFIX = ".state.json"  # .<name>.state.json
 COMPACT_FLOOR = 1 << 20  # bytes of deltas or stale content below which size never compacts
 _STATE_VERSION = 1
 
@@ -145,10 +150,15 @@ class MountStore:
         return self.dir / ident.name
 
     def lock_path(self, ident: MountIdentity) -> Path:
-        return self.dir / f".{ident.name}.lock"
+        return self.dir / f".{ident.name}{LOCK_SUFFIX}"
 
     def _state_path(self, ident: MountIdentity) -> Path:
-        return self.dir / f".{ident.name}.state.json"
+        return self.dir / f".{ident.name}{STATE_SUFFIX}"
+
+    def _touch(self, ident: MountIdentity) -> None:
+        """Mark the mount used now (its lock file's mtime; the caller holds the lock)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.lock_path(ident))
 
     def _report(self, ident: MountIdentity) -> MountReport:
         with self._lock:
@@ -162,6 +172,7 @@ class MountStore:
     def used(self, ident: MountIdentity, excluded: Iterable[str] = ()) -> None:
         """A step uses the mount; *excluded*: relative paths inside it that hold secrets."""
         self._report(ident)
+        self._touch(ident)
         with self._lock:
             self._excluded.setdefault(ident.name, set()).update(excluded)
 
@@ -244,6 +255,7 @@ class MountStore:
         try:
             with self._locked(ident):
                 record = self._seal(ident, max_size)
+                self._touch(ident)
         except (OSError, KilnError) as exc:
             self.warn(f"cache mount {ident.describe()} is not exported: {exc}")
             return None
@@ -356,6 +368,7 @@ class MountStore:
     def _write_state(self, ident: MountIdentity, state: _State) -> None:
         raw = {
             "version": _STATE_VERSION,
+            "identity": ident.describe(),  # for `kiln du --verbose`
             "chain": [
                 {"blob": m.layer.blob.to_json(), "diffID": m.layer.diff_id, "content": m.content}
                 for m in state.chain
@@ -372,6 +385,20 @@ class MountStore:
             self._fetches.clear()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def state_summary(path: Path) -> tuple[list[str], str] | None:
+    """The chain blobs (digests) a state file names and the mount it describes (as
+    :meth:`MountIdentity.describe` says; empty in states written before it was kept), or
+    None when the file is unreadable (then it names nothing: the next export is whole)."""
+    try:
+        raw = json.loads(path.read_bytes())
+        if raw.get("version") != _STATE_VERSION:
+            return None
+        chain = [_mount_layer(m).layer.digest for m in raw["chain"]]
+        return chain, str(raw.get("identity") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        return None
 
 
 def _mount_layer(raw: dict[str, Any]) -> MountLayer:

@@ -1,0 +1,85 @@
+"""One prune: take the inventory, plan, remove — one prune at a time per KILN_ROOT."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.gc.delete import Removed, Remover
+from kiln.gc.inventory import Inventory, take
+from kiln.gc.policy import Plan, PruneOptions, cutoff, plan
+from kiln.state import KilnRoot, Lease, fs_now, live_leases
+
+
+@dataclass
+class Outcome:
+    inventory: Inventory
+    plan: Plan
+    removed: Removed
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """When a prune looks: *now*, the *fence* (the start of the oldest running build, or
+    now) and *busy_since* (the same for the builds other than the caller's)."""
+
+    now: int
+    fence: int
+    busy_since: int
+    others: int  # builds running in other processes (or other leases of this one)
+
+    @classmethod
+    def read(cls, root: KilnRoot, own: Lease | None = None) -> Clock:
+        now = fs_now(root.path / "gc")  # before the leases: a build starting later is newer
+        leases = live_leases(root.tmp)
+        others = [lease.start for lease in leases if own is None or lease.path != own.path]
+        fence = min([now, *(lease.start for lease in leases)])
+        return cls(now, fence, min([now, *others]), len(others))
+
+
+def usage(root: KilnRoot) -> tuple[Inventory, Clock] | None:
+    """What is under *root* now (None when it does not exist)."""
+    if not root.path.is_dir():
+        return None
+    clock = Clock.read(root)
+    return take(root, now=clock.now, busy_since=clock.busy_since), clock
+
+
+def collect(
+    root: KilnRoot,
+    options: PruneOptions,
+    *,
+    own: Lease | None = None,
+    wait: bool = True,
+    patience: float | None = None,
+) -> Outcome | None:
+    """Prune *root* as *options* say. *own*: the lease of the build this runs in (what it
+    used stays); without *wait*, None when another prune is running; *patience*: see
+    :class:`~kiln.gc.delete.Remover`."""
+    if not root.path.is_dir():
+        return None
+    (root.path / "gc").mkdir(exist_ok=True)
+    with _exclusive(root.path / "gc" / "prune.lock", wait=wait) as held:
+        if not held:
+            return None
+        clock = Clock.read(root, own)
+        inv = take(root, now=clock.now, busy_since=clock.busy_since)
+        chosen = plan(inv, options, now=clock.now, fence=clock.fence)
+        limit = cutoff(options, now=clock.now, fence=clock.fence)
+        remover = Remover(root, inv, limit=limit, own_lease=own.path if own else None,
+                          patience=patience)  # fmt: skip
+        return Outcome(inv, chosen, remover.run(chosen))
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, *, wait: bool) -> Iterator[bool]:
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
