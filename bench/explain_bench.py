@@ -9,7 +9,8 @@ changed) — build + push + cache export, loopback registry, median of ``--repea
 It also reports the cache config's size with and without descriptions (the bytes they
 add to every exported cache).
 
-    sudo .venv/bin/python bench/explain_bench.py [--repeat 5] [--without f04b503^]
+    .venv/bin/python bench/explain_bench.py   (as root) [--repeat 5] [--without f04b503^]
+        [--with COMMIT]
 """
 
 from __future__ import annotations
@@ -47,15 +48,23 @@ def config_size(registry: str, repo: str, tag: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--without", default=f"{FIRST_DESCRIBED}^",
-                        help="the kiln commit to compare with (before descriptions)")  # fmt: skip
+    parser.add_argument(
+        "--without",
+        default=f"{FIRST_DESCRIBED}^",
+        help="the kiln commit to compare with (before descriptions)",
+    )
+    parser.add_argument("--with", dest="with_", default=None,
+                        help="the commit with descriptions (default: this checkout)")  # fmt: skip
     args = parser.parse_args()
     with workdir("kiln-explain-bench-") as work, local_registry(work) as registry:
-        old = work / "without"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old),
-                        args.without], check=True, capture_output=True)  # fmt: skip
+        trees = {"without": args.without, "with": args.with_}
+        for name, commit in trees.items():
+            if commit is not None:
+                add = ["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / name)]
+                subprocess.run([*add, commit], check=True, capture_output=True)
         try:
-            versions = {"with": {}, "without": {"PYTHONPATH": str(old / "src")}}
+            versions = {name: {"PYTHONPATH": str(work / name / "src")} if commit else {}
+                        for name, commit in trees.items()}  # fmt: skip
             base = busybox_base(registry, work)
             ctx = generate_context(work / "ctx")
             times: dict[str, dict[str, list[float]]] = {v: {} for v in versions}
@@ -82,9 +91,14 @@ def main() -> None:
                     runs.setdefault("partial", []).append(partial.seconds)
                     (ctx / "app.txt").write_text("app v1\n")
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
-                           capture_output=True)  # fmt: skip
-    print(f"median of {args.repeat} rounds; without = kiln {args.without}")
+            for name, commit in trees.items():
+                if commit is not None:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                    str(work / name)], capture_output=True)  # fmt: skip
+    print(
+        f"median of {args.repeat} rounds; with = kiln {args.with_ or 'this checkout'}, "
+        f"without = kiln {args.without}"
+    )
     print(f"{'scenario':<10} {'with':>8} {'without':>8} {'ratio':>7}")
     for scenario in times["with"]:
         a = statistics.median(times["with"][scenario])

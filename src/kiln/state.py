@@ -297,15 +297,17 @@ def use_lock(path: Path) -> UseLock:
 
 
 @contextmanager
-def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
-    """Write *target* through a temporary file that replaces it only on success."""
+def atomic_writer(target: Path, mode: str = "wb", *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """Write *target* through a temporary file that replaces it only on success (synced to
+    disk first unless not *durable*: for what a crash may lose, never half-write)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -313,8 +315,8 @@ def atomic_writer(target: Path, mode: str = "wb") -> Iterator[IO[bytes]]:
         raise
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    with atomic_writer(target) as fh:
+def write_atomic(target: Path, data: bytes, *, durable: bool = True) -> None:
+    with atomic_writer(target, durable=durable) as fh:
         fh.write(data)
 
 

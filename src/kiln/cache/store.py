@@ -115,7 +115,7 @@ class LocalCache:
             return
         keys = [key, *(k for k in keys if k != key)][:SLOT_KEYS]
         with contextlib.suppress(OSError):
-            write_atomic(self._slot_path(slot), json.dumps(keys).encode())
+            write_atomic(self._slot_path(slot), json.dumps(keys).encode(), durable=False)
 
     def candidates(self, slot: str, parent: str) -> list[StepRecord]:
         out = []
@@ -138,7 +138,7 @@ class LocalCache:
         path = self.trees / digest_hex(digest)
         if not path.exists():
             with contextlib.suppress(OSError):
-                write_atomic(path, encoded.encode())
+                write_atomic(path, encoded.encode(), durable=False)
 
     def _drop(self, path: Path) -> None:
         with contextlib.suppress(OSError):
