@@ -134,11 +134,12 @@ class LocalCache:
         except (OSError, ValueError):
             return None
 
+    def has_tree(self, digest: str) -> bool:
+        return (self.trees / digest_hex(digest)).exists()
+
     def put_tree(self, digest: str, encoded: str) -> None:
-        path = self.trees / digest_hex(digest)
-        if not path.exists():
-            with contextlib.suppress(OSError):
-                write_atomic(path, encoded.encode(), durable=False)
+        with contextlib.suppress(OSError):
+            write_atomic(self.trees / digest_hex(digest), encoded.encode(), durable=False)
 
     def _drop(self, path: Path) -> None:
         with contextlib.suppress(OSError):

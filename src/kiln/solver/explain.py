@@ -74,6 +74,15 @@ class Explainer:
         best = max(candidates, key=lambda c: (_likeness(about, c.about), c.created))
         return self._compare(step, about, best, stage_names)
 
+    def tree_text(self, digest: str) -> str | None:
+        """The encoded tree of context files *digest*: as a source already holds it (the
+        digest pins the files, so it is the same tree), else encoded from the context."""
+        for source in self.sources:
+            text = source.tree(digest)
+            if text is not None:
+                return text
+        return self.context.encoded_tree(digest)
+
     def candidates(self, about: KeyDescription) -> list[Candidate]:
         found: list[Candidate] = []
         for source in self.sources:

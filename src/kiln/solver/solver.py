@@ -112,8 +112,7 @@ class Solver:
         reports = sorted(self._reports, key=lambda r: (order.get(r.step.stage, 0), r.step.number))
         self._keep_fetched_hits(reports)
         return BuildResult(plan, target, stages, reports, self.keys,
-                           self.options.source_date_epoch, self.about,
-                           self.context.encoded_tree)  # fmt: skip
+                           self.options.source_date_epoch, self.about, self._tree_text)  # fmt: skip
 
     # ------------------------------------------------------------------ stages
     def _stage_future(self, index: int) -> Future[StageResult]:
@@ -256,13 +255,18 @@ class Solver:
                                 inputs, reason))  # fmt: skip
         return record
 
+    def _tree_text(self, digest: str) -> str | None:
+        if self.explainer is not None:
+            return self.explainer.tree_text(digest)
+        return self.context.encoded_tree(digest)
+
     def _about(self, step: Step) -> KeyDescription | None:
         return self.about.get((step.stage, step.number))
 
     def _store(self, key: str, content_key: str, record: StepRecord) -> None:
         about = record.about
-        if about is not None and about.tree:
-            encoded = self.context.encoded_tree(about.tree)
+        if about is not None and about.tree and not self.local.has_tree(about.tree):
+            encoded = self._tree_text(about.tree)
             if encoded is not None:
                 self.local.put_tree(about.tree, encoded)
         self.local.put(key, record)

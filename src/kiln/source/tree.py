@@ -194,7 +194,12 @@ def _unescape(text: str) -> str:
 
 
 def _shared_prefix(a: str, b: str) -> int:
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
+    """The length of the longest common prefix (a binary search of slice compares)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
