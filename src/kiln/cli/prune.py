@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.errors import KilnError, UsageError
 
 if TYPE_CHECKING:
-    from kiln.gc.inventory import Inventory, Item
+    from kiln.gc.entries import Inventory, Item
     from kiln.gc.policy import PruneOptions
 
 _FILTER_KEYS = ("until",)
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
 # ---------------------------------------------------------------------------- du
 def run_du(args: argparse.Namespace) -> int:
     from kiln.gc.collect import usage
-    from kiln.gc.inventory import KINDS, Inventory
+    from kiln.gc.entries import KINDS, Inventory
     from kiln.gc.policy import PruneOptions, plan
     from kiln.state import KilnRoot, default_root
 

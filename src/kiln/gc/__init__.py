@@ -6,9 +6,11 @@ mount starts from its import or empty). What must never happen is a later build 
 wrong or fails because of a half-removed state, or a running build losing something it
 uses. The modules:
 
-- :mod:`~kiln.gc.inventory` — every byte under the root in one entry or kind, sizes on
-  disk that add up to ``du``'s (:mod:`~kiln.gc.sizes` remembers the sizes of trees that
-  never change, so a check after each build is cheap);
+- :mod:`~kiln.gc.inventory` — every byte under the root in one entry
+  (:mod:`~kiln.gc.entries`) or kind, sizes on disk that add up to ``du``'s
+  (:mod:`~kiln.gc.sizes` remembers the sizes of trees that never change, and
+  :mod:`~kiln.gc.measure` counts the same bytes reading no file: the check after each
+  build is cheap);
 - :mod:`~kiln.gc.policy` — what a prune removes: least recently used first, dangling
   only unless ``--all``, ``--keep-storage``, ``until=``;
 - :mod:`~kiln.gc.delete` — removing it, each entry under the lock its users take;

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kiln.errors import KilnError, UsageError
 from kiln.gc.collect import Clock, collect
-from kiln.gc.inventory import measure
+from kiln.gc.measure import measure
 from kiln.gc.policy import PruneOptions
 from kiln.state import KilnRoot, Lease, build_lease
 from kiln.units import format_size, parse_size

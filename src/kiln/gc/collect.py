@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.gc.delete import Removed, Remover
-from kiln.gc.inventory import Inventory, take
+from kiln.gc.entries import Inventory
+from kiln.gc.inventory import take
 from kiln.gc.policy import Plan, PruneOptions, cutoff, plan
 from kiln.state import KilnRoot, Lease, fs_now, live_leases
 

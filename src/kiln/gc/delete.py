@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.gc.inventory import KINDS, How, Inventory, Item, Kind, Shared
+from kiln.gc.entries import KINDS, How, Inventory, Item, Kind, Shared
 from kiln.gc.policy import Plan
 from kiln.state import KilnRoot, live_leases, sweep_stale_sessions, use_lock
 

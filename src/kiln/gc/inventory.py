@@ -29,108 +29,25 @@ The layout, by kind:
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import json
 import os
-import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.cache.mounts.store import LOCK_SUFFIX, STATE_SUFFIX, state_summary
 from kiln.cache.records import StepRecord
+from kiln.gc.entries import How, Inventory, Item, Kind, Shared
+from kiln.gc.measure import HEX32 as _HEX32
+from kiln.gc.measure import HEX64 as _HEX64
+from kiln.gc.measure import mount_used
 from kiln.gc.sizes import Seen, SizeCache, on_disk, tree_size
 from kiln.source.http import LOCK as SOURCE_LOCK
 from kiln.source.http import META as SOURCE_META
 from kiln.source.http import committed
 from kiln.state import LEASE_GLOB, KilnRoot
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-
-
-class Kind(enum.StrEnum):
-    RECORDS = "step cache"
-    BLOBS = "other blobs"
-    SNAPSHOTS = "snapshots"
-    MOUNTS = "cache mounts"
-    SOURCES = "sources"
-    CONTEXTS = "contexts"
-    SCRATCH = "scratch"
-    OTHER = "other"
-
-
-KINDS = list(Kind)
-
-
-class How(enum.Enum):
-    """How an item is removed safely (:mod:`kiln.gc.delete`)."""
-
-    GUARDED = "guarded"  # under the use lock, exclusive: records, blobs, trees, slots, junk
-    LOCKED = "locked"  # under its own lock, only if free at once: snapshots, mounts, sources
-    QUIET = "quiet"  # only while no other build runs: context views and hash memos
-    SWEEP = "sweep"  # a dead session: kiln.state.sweep_stale_sessions
-
-
-@dataclass(eq=False)
-class Shared:
-    """A file items keep while one of them remains: a blob, a context tree."""
-
-    key: str  # a blob's digest, or "tree:<digest>"
-    paths: list[Path]
-    size: int
-    last_used: int  # ns
-    referrers: int = 0
-    kind: Kind = Kind.BLOBS  # the kind its bytes are counted in
-
-
-@dataclass(eq=False)
-class Item:
-    kind: Kind
-    name: str  # what `kiln du --verbose` shows
-    size: int  # the bytes removing it frees, shared files aside
-    last_used: int  # ns; the newest mtime of its stamps
-    how: How
-    paths: list[Path] = field(default_factory=list)  # removed in this order
-    stamps: list[Path] = field(default_factory=list)  # whose mtimes are its last use
-    shared: set[str] = field(default_factory=set)  # keys of the Shared files it keeps
-    lock: Path | None = None  # How.LOCKED: taken exclusively, without waiting
-    dangling: bool = False  # nothing kept can use it: `kiln prune` without --all removes it
-    note: str = ""
-    count: int = 1  # entries it stands for (records of one layer)
-    layer: tuple[str, int] | None = None  # records: the blob they name and its size
-
-
-@dataclass
-class Inventory:
-    root: Path
-    items: list[Item] = field(default_factory=list)
-    shared: dict[str, Shared] = field(default_factory=dict)
-    loose: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-
-    def size_of(self, kind: Kind) -> int:
-        items = sum(i.size for i in self.items if i.kind == kind)
-        shared = sum(s.size for s in self.shared.values() if s.kind == kind)
-        return items + shared + self.loose[kind]
-
-    def footprint(self, item: Item) -> int:
-        """What *item* takes: its own bytes and the shared files only it keeps."""
-        alone = (self.shared[k] for k in item.shared if k in self.shared)
-        return item.size + sum(s.size for s in alone if s.referrers == 1)
-
-    @property
-    def total(self) -> int:
-        return sum(self.size_of(kind) for kind in KINDS)
-
-    @property
-    def kept(self) -> int:
-        """What the cap and ``--keep-storage`` count: all but running builds' scratch."""
-        return self.total - self.size_of(Kind.SCRATCH)
-
-
-# ---------------------------------------------------------------------------- the walk
 JUNK_AGE = 3600 * 10**9  # ns: a temporary file this old is a crash's leftover
 
 
@@ -144,71 +61,6 @@ def take(root: KilnRoot, *, now: int, busy_since: int, parse: bool = True,
     walk = _Walk(root, now, busy_since, parse, SizeCache(root.path / "gc" / "sizes.json"))
     walk.run(scratch=scratch)
     return walk.inv
-
-
-def measure(root: KilnRoot, *, now: int, busy_since: int) -> int:
-    """What :func:`take` counts as :attr:`Inventory.kept`, cheaply: a ``du`` of the root
-    (``tmp/`` aside) that reads no file and uses the remembered sizes of trees."""
-    top = root.path
-    sizes = SizeCache(top / "gc" / "sizes.json")
-    seen: Seen = set()
-    try:
-        total = on_disk(top.lstat(), seen)
-        entries = sorted(os.scandir(top), key=lambda e: e.name == "gc")  # gc/ last
-    except OSError:
-        return 0
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.name == "tmp":
-            continue
-        if entry.name == "gc":
-            sizes.save(forget_unused=False)
-            total += tree_size(path, seen)
-        elif entry.name in ("snapshots", "contexts"):
-            total += _measure_fixed(path, entry.name, sizes, seen)
-        elif entry.name == "cache":
-            total += on_disk(entry.stat(follow_symlinks=False), seen)
-            for sub in os.scandir(path):
-                if sub.name == "mounts":
-                    total += _measure_mounts(Path(sub.path), sizes, seen, now, busy_since)
-                else:
-                    total += tree_size(Path(sub.path), seen)
-        else:
-            total += tree_size(path, seen)
-    return total
-
-
-def _measure_fixed(path: Path, name: str, sizes: SizeCache, seen: Seen) -> int:
-    total = on_disk(path.lstat(), seen)
-    for entry in os.scandir(path):
-        st = entry.stat(follow_symlinks=False)
-        if _HEX64.fullmatch(entry.name) and stat.S_ISDIR(st.st_mode):
-            total += sizes.fixed(f"{name}/{entry.name}", Path(entry.path), st)
-        else:
-            total += tree_size(Path(entry.path), seen)
-    return total
-
-
-def _measure_mounts(path: Path, sizes: SizeCache, seen: Seen, now: int, busy_since: int) -> int:
-    total = on_disk(path.lstat(), seen)
-    for entry in os.scandir(path):
-        st = entry.stat(follow_symlinks=False)
-        if _HEX32.fullmatch(entry.name) and stat.S_ISDIR(st.st_mode):
-            used = _mount_used(path, entry.name, st)
-            total += sizes.changing(f"cache/mounts/{entry.name}", Path(entry.path), st, used,
-                                    now, quiet=used < busy_since)  # fmt: skip
-        else:
-            total += tree_size(Path(entry.path), seen)
-    return total
-
-
-def _mount_used(base: Path, name: str, st: os.stat_result) -> int:
-    """The last use (ns) of the cache mount *name* (directory ``lstat`` *st*)."""
-    used = st.st_mtime_ns
-    for other in (f".{name}{LOCK_SUFFIX}", f".{name}{STATE_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            used = max(used, (base / other).lstat().st_mtime_ns)
-    return used
 
 
 class _Walk:
@@ -492,7 +344,7 @@ class _Walk:
             item = Item(Kind.MOUNTS, name, 0, used, How.LOCKED, stamps=stamps, lock=lock)
             if "dir" in parts:
                 entry, st = parts["dir"]
-                used = max(used, _mount_used(path, name, st))
+                used = max(used, mount_used(path, name, st))
                 quiet = used < self.busy_since
                 item.size += self.sizes.changing(f"cache/mounts/{name}", entry, st, used,
                                                  self.now, quiet=quiet)  # fmt: skip

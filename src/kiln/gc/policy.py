@@ -1,4 +1,4 @@
-"""What a prune removes, decided on an :class:`~kiln.gc.inventory.Inventory` alone.
+"""What a prune removes, decided on an :class:`~kiln.gc.entries.Inventory` alone.
 
 - **Candidates**: items last used before the *fence* (the start of the oldest running
   build: whatever a running build used since it started stays) and, with ``until``,
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiln.gc.inventory import KINDS, Inventory, Item, Kind, Shared
+from kiln.gc.entries import KINDS, Inventory, Item, Kind, Shared
 
 _KIND_ORDER = {kind: n for n, kind in enumerate(KINDS)}
 

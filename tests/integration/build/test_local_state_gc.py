@@ -146,14 +146,16 @@ cat /cache/a /bin/busybox > /result'
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.05)
         time.sleep(1)  # the step is running: its snapshots are mounted, its mount in use
-        pruned = kiln("prune", "--all", "-f").check()
-        assert proc.wait(60) == 0, "".join(lines)
+        pruned = kiln("prune", "--all", "-f", "--verbose")
+        assert pruned.returncode == 0, pruned.stderr
+        shown = f"prune:\n{pruned.stdout}{pruned.stderr}\nbuild:\n"
+        assert proc.wait(60) == 0, shown + "".join(lines)
         reader.join(5)
     total = pruned.stdout.strip().splitlines()[-1]
-    assert total.startswith("Total:\t") and total != "Total:\t0 B"  # the other build's state
-    assert "in use by running builds" in pruned.stderr
+    assert total.startswith("Total:\t") and total != "Total:\t0 B", shown
+    assert "in use by running builds" in pruned.stderr, shown
     busybox = (out / "bin" / "busybox").read_bytes()
     assert (out / "result").read_bytes() == b"mine\n" + busybox
     again = kiln("build", "--build-arg", f"BASE={busybox_image}", ctx).check()
-    assert again.ran == []  # what the running build used and made was kept
+    assert again.ran == [], shown + again.stderr  # what the running build used and made stays
     assert kiln("build", "--build-arg", f"BASE={busybox_image}", other).check().ran != []

@@ -13,7 +13,9 @@ from tests.fixtures.kiln_state import StateMaker, du_bytes, set_age
 from kiln.gc import inventory as inventory_module
 from kiln.gc import sizes
 from kiln.gc.collect import Clock
-from kiln.gc.inventory import KINDS, Inventory, Item, Kind, measure, take
+from kiln.gc.entries import KINDS, Inventory, Item, Kind
+from kiln.gc.inventory import take
+from kiln.gc.measure import measure
 from kiln.oci import Layer
 from kiln.state import build_lease
 

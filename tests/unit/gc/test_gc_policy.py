@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.gc.inventory import How, Inventory, Item, Kind, Shared
+from kiln.gc.entries import How, Inventory, Item, Kind, Shared
 from kiln.gc.policy import PruneOptions, plan
 
 S = 10**9  # ns per second

@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.fixtures.kiln_state import StateMaker, du_bytes, set_age
 
 from kiln.gc.collect import collect, usage
-from kiln.gc.inventory import Kind
+from kiln.gc.entries import Kind
 from kiln.gc.policy import PruneOptions
 from kiln.oci import digest_hex
 from kiln.state import build_lease, use_lock
