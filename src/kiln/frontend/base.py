@@ -198,6 +198,7 @@ class StagePlan:
     config: ImageConfig | None = None  # final config (history without timestamps)
     line: int = 0
     platform: Platform | None = None  # FROM --platform=..., else the target platform
+    label: str = ""  # how progress names it (its name, "build" or "stage-N"), platform aside
 
     def dependencies(self) -> set[int]:
         deps = {d for s in self.steps for d in s.depends_on()}

@@ -220,6 +220,7 @@ class Planner:
             platform=platform,
         )
         display = plan.name or (f"stage-{index}" if multi else "build")
+        plan.label = display
         if self.options.platform_labels:
             display = f"{self.options.platform} {display}"
         state = StageState(plan=plan, config=config)

@@ -40,8 +40,9 @@ def describe_plan(plan: BuildPlan, keys: dict[int, StageKeys]) -> dict[Place, Ke
 
 
 def stage_label(plan: BuildPlan, index: int) -> str:
-    """The stage as the Dockerfile names it (the same on every platform)."""
-    return plan.stages[index].name or f"stage-{index}"
+    """The stage as progress names it, without a platform (the same on every platform)."""
+    stage = plan.stages[index]
+    return stage.label or stage.name or f"stage-{index}"
 
 
 def base_text(plan: BuildPlan, stage: StagePlan) -> str:

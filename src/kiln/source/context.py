@@ -47,7 +47,7 @@ from kiln.source.dockerignore import (
     translate_glob,
 )
 from kiln.source.filehash import FileHasher
-from kiln.source.tree import FileTree, TreeEntry, fingerprint
+from kiln.source.tree import FileTree, TreeRow, fingerprint
 
 EntryKind = Literal["file", "dir", "symlink"]
 _MAX_SYMLINKS = 40  # like Linux's MAXSYMLINKS
@@ -108,6 +108,7 @@ class BuildContext:
             raise ContextError(f"build context {root} is not a directory")
         self.ignore = ignore if ignore is not None else IgnoreMatcher([])
         self._hasher = FileHasher(self.root, memo_dir)
+        self._rows: dict[str, list[TreeRow]] = {}
         self._trees: dict[str, FileTree] = {}
         self._encoded: dict[str, str | None] = {}
         self._lock = threading.Lock()
@@ -381,7 +382,7 @@ class BuildContext:
             h.update(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
 
         record("kiln.context.v1", chown, chmod, *(["owners"] if owners else []))
-        tree: list[TreeEntry] = []
+        rows: list[TreeRow] = []  # a tree is made of them only if one is asked for
         try:
             for source in sources:
                 matches = self._select_one(source)
@@ -394,32 +395,33 @@ class BuildContext:
                         if e.kind == "file":
                             sha = self._hasher.sha256(e.abs_path, st)
                             record("f", e.rel, e.mode, e.size, sha, *owner)
-                            tree.append(TreeEntry(path, "f", e.mode, sha[:6]))
+                            rows.append((path, "f", e.mode, sha[:6]))
                         elif e.kind == "symlink":
                             record("l", e.rel, e.mode, e.link_target, *owner)
-                            target = fingerprint(e.link_target or "")
-                            tree.append(TreeEntry(path, "l", e.mode, target))
+                            rows.append((path, "l", e.mode, fingerprint(e.link_target or "")))
                         else:
                             record("d", e.rel, e.mode, *owner)
-                            tree.append(TreeEntry(path, "d", e.mode))
+                            rows.append((path, "d", e.mode, ""))
         finally:
             self._hasher.flush()
         digest = "sha256:" + h.hexdigest()
         if not owners:
-            self._trees[digest] = FileTree(tree)
+            self._rows[digest] = rows
         return digest
 
     def tree(self, digest: str) -> FileTree | None:
         """The files behind a :meth:`digest` this context computed (None: not one)."""
-        return self._trees.get(digest)
+        with self._lock:
+            if digest not in self._trees and digest in self._rows:
+                self._trees[digest] = FileTree.of_rows(self._rows.pop(digest))
+            return self._trees.get(digest)
 
     def encoded_tree(self, digest: str) -> str | None:
         """:meth:`tree` encoded (once) for a cache record, None when there is none."""
-        with self._lock:
-            if digest not in self._encoded:
-                tree = self._trees.get(digest)
-                self._encoded[digest] = tree.encode() if tree is not None else None
-            return self._encoded[digest]
+        if digest not in self._encoded:
+            tree = self.tree(digest)
+            self._encoded[digest] = tree.encode() if tree is not None else None
+        return self._encoded[digest]
 
 
 def _tree_path(source: str, rel: str) -> str:

@@ -59,7 +59,14 @@ def _order(path: str) -> tuple[str, ...]:
     return tuple(path.split("/"))
 
 
+TreeRow = tuple[str, EntryKind, int, str]  # a TreeEntry's fields, as the context collects them
+
+
 class FileTree:
+    @classmethod
+    def of_rows(cls, rows: Iterable[TreeRow]) -> FileTree:
+        return cls(TreeEntry(*row) for row in rows)
+
     def __init__(self, entries: Iterable[TreeEntry]) -> None:
         unique: dict[str, TreeEntry] = {}
         for entry in entries:
