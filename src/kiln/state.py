@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -270,16 +270,21 @@ class UseLock:
                     self._fh.close()  # releases the lock
                     self._fh = None
 
-    @contextmanager
-    def exclusive(self, *, wait: bool = True) -> Iterator[bool]:
+    def exclusive(self, *, wait: bool = True) -> AbstractContextManager[bool]:
         """Hold it exclusively; without *wait*, yields False (not held) when it is busy."""
-        with open(self.path, "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+        return exclusive_lock(self.path, wait=wait)
+
+
+@contextmanager
+def exclusive_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on *path*; without *wait*, yields False (not held) when busy."""
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 _USE_LOCKS: dict[Path, UseLock] = {}

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from kiln.gc.delete import Removed, Remover
 from kiln.gc.entries import Inventory
 from kiln.gc.inventory import take
 from kiln.gc.policy import Plan, PruneOptions, cutoff, plan
-from kiln.state import KilnRoot, Lease, fs_now, live_leases
+from kiln.state import KilnRoot, Lease, exclusive_lock, fs_now, live_leases
 
 
 @dataclass
@@ -63,7 +59,7 @@ def collect(
     if not root.path.is_dir():
         return None
     (root.path / "gc").mkdir(exist_ok=True)
-    with _exclusive(root.path / "gc" / "prune.lock", wait=wait) as held:
+    with exclusive_lock(root.path / "gc" / "prune.lock", wait=wait) as held:
         if not held:
             return None
         clock = Clock.read(root, own)
@@ -73,14 +69,3 @@ def collect(
         remover = Remover(root, inv, limit=limit, own_lease=own.path if own else None,
                           patience=patience)  # fmt: skip
         return Outcome(inv, chosen, remover.run(chosen))
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path, *, wait: bool) -> Iterator[bool]:
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
