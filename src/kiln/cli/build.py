@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln.attrs import Attrs, flag_error
-from kiln.build import BuildOptions, cache_backends, exporters, run_build
-from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
-from kiln.cli.explain import print_table
-from kiln.cli.progress import RichProgress, make_progress
 from kiln.errors import UsageError
-from kiln.exporter.base import parse_outputs
-from kiln.exporter.metadata import step_json
-from kiln.registry.reference import Reference
+
+if TYPE_CHECKING:
+    from kiln.build import BuildOptions
+
+# The build machinery is imported when a build runs, not when the parser is made: `kiln
+# version` and `kiln build --help` stay fast.
 
 
 def register(sub: Any) -> None:
@@ -83,6 +78,10 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def _secret_file(value: str) -> Path:
     """A secret from the environment, in a private file that lives as long as kiln."""
+    import atexit
+    import shutil
+    import tempfile
+
     folder = Path(tempfile.mkdtemp(prefix="kiln-secret-"))
     atexit.register(shutil.rmtree, folder, True)
     path = folder / "value"
@@ -94,6 +93,8 @@ def _secret_file(value: str) -> Path:
 
 def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
     """``--secret id=ID,src=FILE`` or ``id=ID,env=VAR`` → (id, host file) pairs."""
+    from kiln.attrs import Attrs, flag_error
+
     out = []
     for text in values:
         attrs = Attrs.parse(text, flag_error("--secret", text), aliases={"source": "src"})
@@ -116,7 +117,11 @@ def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    from kiln.build import BuildOptions, cache_backends, exporters
+    from kiln.cache.remote.flags import parse_cache_from, parse_cache_to
+    from kiln.exporter.base import parse_outputs
     from kiln.oci import parse_platforms
+    from kiln.registry.reference import Reference
 
     tags = tuple(args.tags)
     for tag in tags:  # checked before anything runs, whatever the outputs
@@ -161,11 +166,19 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.build import run_build
+    from kiln.cli.progress import make_progress
+
     options = options_from_args(args)
     if args.quiet:
         args.progress = "quiet"
     progress = make_progress(args.progress)
-    live = progress if isinstance(progress, RichProgress) else contextlib.nullcontext()
+    # the tty view is a context manager (its live display); other modes are not
+    live = (
+        progress
+        if isinstance(progress, contextlib.AbstractContextManager)
+        else contextlib.nullcontext()
+    )
     with live:
         outcome = run_build(options, progress)
     if args.quiet:  # buildx --quiet: the image ID (its config digest)
@@ -180,5 +193,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.explain:
+        from kiln.cli.explain import print_table
+        from kiln.exporter.metadata import step_json
+
         print_table([step_json(r) for r in outcome.reports])
     return 0

@@ -13,9 +13,6 @@ import sys
 from typing import Any
 
 from kiln.errors import AuthError, UsageError
-from kiln.registry.client import RegistryClient
-from kiln.registry.dockerconfig import Credentials, DockerConfig, StaticCredentials
-from kiln.registry.reference import DOCKER_HUB, Reference, normalise_registry
 
 
 def register(sub: Any) -> None:
@@ -26,7 +23,7 @@ def register(sub: Any) -> None:
         "config.json ($DOCKER_CONFIG/config.json or ~/.docker/config.json).",
     )
     login.add_argument(
-        "registry", nargs="?", default=DOCKER_HUB, help="registry host[:port] (default docker.io)"
+        "registry", nargs="?", default=None, help="registry host[:port] (default docker.io)"
     )
     login.add_argument("-u", "--username", help="user name")
     login.add_argument(
@@ -46,12 +43,15 @@ def register(sub: Any) -> None:
         "logout", help="log out of a registry", description="Remove stored credentials."
     )
     logout.add_argument(
-        "registry", nargs="?", default=DOCKER_HUB, help="registry host[:port] (default docker.io)"
+        "registry", nargs="?", default=None, help="registry host[:port] (default docker.io)"
     )
     logout.set_defaults(handler=run_logout)
 
 
-def _registry_host(text: str) -> str:
+def _registry_host(text: str | None) -> str:
+    from kiln.registry.reference import DOCKER_HUB, Reference, normalise_registry
+
+    text = text or DOCKER_HUB
     host = normalise_registry(text)
     try:
         parsed = Reference.parse(f"{host}/kiln-login-check")
@@ -91,6 +91,9 @@ def run_login(args: argparse.Namespace) -> int:
     password = _read_secret(args)
     if not username or not password:
         raise UsageError("the username and the password must not be empty")
+    from kiln.registry.client import RegistryClient
+    from kiln.registry.dockerconfig import Credentials, StaticCredentials
+
     creds = Credentials(username, password)
     with RegistryClient(
         StaticCredentials({host: creds}), insecure={host} if args.insecure else ()
@@ -102,6 +105,8 @@ def run_login(args: argparse.Namespace) -> int:
                 f"login to {host} failed: the registry refused the credentials for {username}",
                 why=exc.why,
             ) from exc
+    from kiln.registry.dockerconfig import DockerConfig
+
     config = DockerConfig()
     config.store(host, creds)
     print(f"Login Succeeded (credentials stored in {config.path})")
@@ -110,6 +115,8 @@ def run_login(args: argparse.Namespace) -> int:
 
 def run_logout(args: argparse.Namespace) -> int:
     host = _registry_host(args.registry)
+    from kiln.registry.dockerconfig import DockerConfig
+
     config = DockerConfig()
     if config.remove(host):
         print(f"Removed login credentials for {host} from {config.path}")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 
 from kiln import __version__
@@ -56,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     debug = debug or bool(getattr(args, "debug", False))
+    import logging  # after parsing: `--help` needs none of it
+
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -96,6 +96,8 @@ def _run(handler: Handler, args: argparse.Namespace, debug: bool) -> int:
         return handler(args)
     except KilnError as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         print(f"ERROR: {exc}", file=sys.stderr)
         if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -106,6 +108,8 @@ def _run(handler: Handler, args: argparse.Namespace, debug: bool) -> int:
         return 130
     except Exception as exc:  # the last line of defence: never a bare traceback
         if debug:
+            import traceback
+
             traceback.print_exc()
         print(
             f"ERROR: internal error: {type(exc).__name__}: {exc}\n"

@@ -1,41 +1,15 @@
 """kiln.registry: the OCI distribution client.
 
 Auth (anonymous, basic, bearer token), pull, push, cross-repository mount,
-HEAD-before-upload, retries and parallel transfers. The public API::
+HEAD-before-upload, retries and parallel transfers, one module each::
 
-    from kiln.registry import Reference, RegistryClient, DockerConfig
+    from kiln.registry.client import RegistryClient
+    from kiln.registry.dockerconfig import DockerConfig
+    from kiln.registry.reference import Reference
 
     with RegistryClient(DockerConfig()) as client:
         image = client.resolve_image(Reference.parse("busybox"), host_platform())
+
+The package itself imports nothing, so that a module needing only references or the
+Docker config does not load the HTTP client.
 """
-
-from kiln.http.retry import RetryPolicy
-from kiln.http.stats import TransferStats, TransferTotals
-from kiln.registry.client import RegistryClient
-from kiln.registry.dockerconfig import (
-    Anonymous,
-    Credentials,
-    CredentialSource,
-    DockerConfig,
-    StaticCredentials,
-)
-from kiln.registry.manifest import MANIFEST_ACCEPT, Manifest, ResolvedImage
-from kiln.registry.reference import Reference
-from kiln.registry.upload import BlobPush
-
-__all__ = [
-    "MANIFEST_ACCEPT",
-    "Anonymous",
-    "BlobPush",
-    "CredentialSource",
-    "Credentials",
-    "DockerConfig",
-    "Manifest",
-    "Reference",
-    "RegistryClient",
-    "ResolvedImage",
-    "RetryPolicy",
-    "StaticCredentials",
-    "TransferStats",
-    "TransferTotals",
-]
