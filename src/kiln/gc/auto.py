@@ -26,9 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from kiln.errors import KilnError, UsageError
-from kiln.gc.collect import Clock, collect
+from kiln.gc.clock import Clock
 from kiln.gc.measure import measure
-from kiln.gc.policy import PruneOptions
 from kiln.state import KilnRoot, Lease, build_lease
 from kiln.units import format_size, parse_size
 
@@ -90,6 +89,9 @@ def enforce(root: KilnRoot, cap: int | None, lease: Lease | None,
                   time.monotonic() - started)  # fmt: skip
         if held <= cap:
             return
+        from kiln.gc.collect import collect  # the prune itself, loaded only when needed
+        from kiln.gc.policy import PruneOptions
+
         outcome = collect(root, PruneOptions(all=True, keep_storage=cap), own=lease,
                           wait=False, patience=2.0)  # fmt: skip
     except (OSError, KilnError) as exc:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kiln.gc.clock import Clock
 from kiln.gc.delete import Removed, Remover
 from kiln.gc.entries import Inventory
 from kiln.gc.inventory import take
 from kiln.gc.policy import Plan, PruneOptions, cutoff, plan
-from kiln.state import KilnRoot, Lease, exclusive_lock, fs_now, live_leases
+from kiln.state import KilnRoot, Lease, exclusive_lock
 
 
 @dataclass
@@ -16,25 +17,6 @@ class Outcome:
     inventory: Inventory
     plan: Plan
     removed: Removed
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """When a prune looks: *now*, the *fence* (the start of the oldest running build, or
-    now) and *busy_since* (the same for the builds other than the caller's)."""
-
-    now: int
-    fence: int
-    busy_since: int
-    others: int  # builds running in other processes (or other leases of this one)
-
-    @classmethod
-    def read(cls, root: KilnRoot, own: Lease | None = None) -> Clock:
-        now = fs_now(root.path / "gc")  # before the leases: a build starting later is newer
-        leases = live_leases(root.tmp)
-        others = [lease.start for lease in leases if own is None or lease.path != own.path]
-        fence = min([now, *(lease.start for lease in leases)])
-        return cls(now, fence, min([now, *others]), len(others))
 
 
 def usage(root: KilnRoot) -> tuple[Inventory, Clock] | None:

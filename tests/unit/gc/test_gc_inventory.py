@@ -12,7 +12,7 @@ from tests.fixtures.kiln_state import StateMaker, du_bytes, set_age
 
 from kiln.gc import inventory as inventory_module
 from kiln.gc import sizes
-from kiln.gc.collect import Clock
+from kiln.gc.clock import Clock
 from kiln.gc.entries import KINDS, Inventory, Item, Kind
 from kiln.gc.inventory import take
 from kiln.gc.measure import measure
