@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln import timing
 from kiln.archive.compress import diff_id_of
 from kiln.cache.backends.gha import GhaBackend, default_scope
 from kiln.cache.backends.inline import InlineBackend
@@ -129,6 +130,7 @@ def _insecure_hosts(options: BuildOptions) -> set[str]:
 
 
 def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
+    started = timing.totals()
     platforms = list(options.platforms) or [host_platform()]
     multi = len(platforms) > 1
     if multi:
@@ -217,8 +219,9 @@ def run_build(options: BuildOptions, progress: Progress) -> BuildOutcome:
                 progress.message(f"WARNING: {exc.what}; running its step instead")
     outcome = BuildOutcome(results, built, oci, pushed, stats)
     if options.metadata_file is not None:
-        write_metadata(options.metadata_file, metadata(built, oci, pushed, outcome.reports, stats,
-                                                       cache_mounts.reports()))  # fmt: skip
+        data = metadata(built, oci, pushed, outcome.reports, stats, cache_mounts.reports(),
+                        timing.since(started))  # fmt: skip
+        write_metadata(options.metadata_file, data)
     return outcome
 
 

@@ -27,6 +27,7 @@ from typing import IO, Protocol
 from kiln.errors import CorruptBlobError, KilnError
 from kiln.oci import Descriptor, digest_hex, is_digest
 from kiln.state import use_lock, write_atomic
+from kiln.timing import timed
 
 CHUNK = 1 << 20
 
@@ -239,6 +240,7 @@ class BlobLocator:
         if check:
             self._check_claims(desc)
 
+    @timed("pull")
     def _download(self, desc: Descriptor) -> None:
         providers = self.providers(desc.digest)
         if not providers:

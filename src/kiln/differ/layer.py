@@ -57,6 +57,7 @@ from kiln.content import BlobStore
 from kiln.differ.sink import LayerSink
 from kiln.errors import RuntimeFailure
 from kiln.oci import Descriptor, Layer, layer_media_type
+from kiln.timing import timed
 
 COPY_SIZE = 1 << 20  # read size for file contents
 
@@ -124,6 +125,7 @@ def write_tree(
     return _write(writer, store, compression, level, True)
 
 
+@timed("diff")
 def _write(writer: _TreeWriter, store: BlobStore, compression: str, level: int | None,
            oci_media_types: bool) -> tuple[Layer, int]:  # fmt: skip
     check_compression(compression, level)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 from types import TracebackType
 
+from kiln import timing
 from kiln.archive.compress import Compressor
 from kiln.content import BlobWriter
 
@@ -50,14 +52,20 @@ class LayerSink:
         self._stop()
 
     def _work(self) -> None:
+        busy = 0.0  # compressing and writing, not waiting for chunks
         try:
             while (chunk := self._queue.get()) is not None:
+                started = time.perf_counter()
                 out = self._comp.compress(chunk)
                 if out:
                     self._out.write(out)
+                busy += time.perf_counter() - started
+            started = time.perf_counter()
             tail = self._comp.flush()
             if tail:
                 self._out.write(tail)
+            busy += time.perf_counter() - started
+            timing.add("compress", busy)
         except BaseException as exc:  # handed to the caller's thread
             self._error = exc
             while self._queue.get() is not None:  # keep the producer from blocking

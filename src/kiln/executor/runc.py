@@ -29,6 +29,7 @@ from kiln.executor.paths import resolve_in_root
 from kiln.executor.spec import RunSpec, runtime_spec
 from kiln.executor.watchdog import Watchdog
 from kiln.state import RUNTIME_ROOT, KilnRoot, container_prefix
+from kiln.timing import timed
 
 _STATE_ROOT = str(RUNTIME_ROOT)
 TAIL_LINES = 12
@@ -59,6 +60,7 @@ class RuncExecutor:
         setpriv = shutil.which("setpriv")
         self._launcher = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
+    @timed("run")
     def run(self, spec: RunSpec, output: OutputSink, *, description: str) -> None:
         """Run *spec*; raise :class:`StepFailedError` with the output's tail on failure."""
         bundle = self.root.tempdir("bundle-")

@@ -4,13 +4,15 @@ buildx's ``containerimage.digest``, ``containerimage.config.digest``,
 ``containerimage.descriptor`` and ``image.name``; kiln adds the pushed references, every
 step (label, whether and where it was cached, why it missed, seconds, layer bytes), the
 bytes moved, in total and split into image and cache transfers, and per cache mount what
-was imported and exported (bytes, seconds, where from, the exported chain).
+was imported and exported (bytes, seconds, where from, the exported chain), and the
+seconds spent per phase (context, resolve, cache import, pull, unpack, run, diff,
+compress, push, cache export; summed over threads, see :mod:`kiln.timing`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,10 @@ from kiln.state import write_atomic
 
 
 def metadata(images: BuildImages, oci: bool, pushed: list[str], reports: list[StepReport],
-             stats: TransferStats, mounts: Sequence[MountReport] = ()
-             ) -> dict[str, Any]:  # fmt: skip
+             stats: TransferStats, mounts: Sequence[MountReport] = (),
+             phases: Mapping[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """A multi-platform build's digest and descriptor are its index's (as buildx), and
-    ``platforms`` lists each image."""
+    ``platforms`` lists each image. *phases*: seconds per phase (:mod:`kiln.timing`)."""
     _data, top = images.top(oci)
     out: dict[str, Any] = {"containerimage.digest": top.digest}
     if not images.multi:
@@ -50,6 +52,7 @@ def metadata(images: BuildImages, oci: bool, pushed: list[str], reports: list[St
             for cat in ("image", "cache")
         },
         "cache_mounts": [m.to_json() for m in mounts],
+        "phases": dict(phases or {}),
     }
 
 

@@ -60,6 +60,7 @@ from kiln.archive.whiteouts import (
 from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError, KilnError, RuntimeFailure
 from kiln.oci import Layer, compression_of
+from kiln.timing import timed
 
 Mode = Literal["overlay", "apply", "extract"]
 
@@ -80,6 +81,7 @@ class _Unsafe(Exception):
         self.hint = hint
 
 
+@timed("unpack")
 def unpack_stored(store: BlobStore, layer: Layer, dest: Path, *, mode: Mode = "overlay") -> None:
     """Extract *layer*'s blob from *store* into *dest*, verifying it is the layer it is
     said to be: its diff ID is computed on the way and remembered by the store; a blob

@@ -48,6 +48,7 @@ from kiln.source.dockerignore import (
 )
 from kiln.source.filehash import FileHasher
 from kiln.source.tree import FileTree, TreeRow, fingerprint
+from kiln.timing import timed
 
 EntryKind = Literal["file", "dir", "symlink"]
 _MAX_SYMLINKS = 40  # like Linux's MAXSYMLINKS
@@ -372,6 +373,7 @@ class BuildContext:
 
     # ------------------------------------------------------------------ digesting
 
+    @timed("context")
     def digest(self, sources: Sequence[str], *, chown: str | None, chmod: str | None,
                owners: bool = False) -> str:  # fmt: skip
         """``sha256:…`` over everything the sources select and how it will be copied; with

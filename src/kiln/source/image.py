@@ -16,6 +16,7 @@ from kiln.oci import Descriptor, Platform
 from kiln.registry.blobsource import RegistryBlobSource
 from kiln.registry.client import RegistryClient
 from kiln.registry.reference import Reference
+from kiln.timing import timed
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class RegistryResolver:
         self.client = client
         self.locator = locator
 
+    @timed("resolve")
     def resolve(self, ref: str, platform: Platform) -> ImageBase:
         parsed = Reference.parse(ref)
         resolved = self.client.resolve_image(parsed, platform)

@@ -88,6 +88,9 @@ def test_registry_cache_max_full_and_partial_hits(
         x["digest"] for x in base_layers
     ]
     assert len(cold_layers) == len(base_layers) + 4
+    phases = cold.metadata["phases"]
+    for name in ("context", "resolve", "run", "diff", "compress", "push", "cache export"):
+        assert phases[name] > 0, name
     cache_manifest = raw_manifest_bytes(cache)
     cache_config = json.loads(cache_manifest)["config"]["size"]
 
@@ -98,6 +101,9 @@ def test_registry_cache_max_full_and_partial_hits(
     assert full.metadata["containerimage.digest"] == cold.metadata["containerimage.digest"]
     # of the cache, only what the cold build exported as its manifest and config
     assert full.metadata["bytes"]["cache"]["pulled"] == len(cache_manifest) + cache_config
+    phases = full.metadata["phases"]
+    assert phases["cache import"] > 0
+    assert phases["pull"] == phases["unpack"] == phases["run"] == phases["diff"] == 0
 
     (ctx / "last.txt").write_text("v2\n")
     partial = kiln("build", *flags, ctx, root=tmp_path / "m3").check()
@@ -107,6 +113,9 @@ def test_registry_cache_max_full_and_partial_hits(
     stands_on = cold_layers[:-1]
     assert len(stands_on) == len(base_layers) + 3
     assert partial.metadata["layer_bytes_pulled"] == sum(x["size"] for x in stands_on)
+    phases = partial.metadata["phases"]
+    assert phases["pull"] > 0 and phases["unpack"] > 0 and phases["diff"] > 0
+    assert phases["run"] == 0  # the COPY that reran runs no container
     out = tmp_path / "out"
     kiln(
         "build",

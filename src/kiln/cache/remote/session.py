@@ -27,6 +27,7 @@ from kiln.cache.remote.base import (
 from kiln.errors import KilnError
 from kiln.image import ImageConfig
 from kiln.oci import Layer
+from kiln.timing import timed
 
 ImportT = TypeVar("ImportT")
 ExportT = TypeVar("ExportT", bound=ExportSpec)
@@ -86,6 +87,7 @@ class RemoteCaches:
             self._notes.append(message)
         self.warn(message)
 
+    @timed("cache import")
     def load(self) -> list[ImportedCache]:
         """Import every ``--cache-from`` in order (earlier sources win on lookups)."""
         for item in self.imports:
@@ -119,6 +121,7 @@ class RemoteCaches:
         for item in self.exports:
             item.annotate_image(self.sessions, config, entries(item.options.mode), layers)
 
+    @timed("cache export")
     def export(self, entries: Entries, mounts: MountExports | None = None) -> None:
         chosen = self._chosen_mounts(mounts)
         for item in self.exports:

@@ -15,6 +15,7 @@ from kiln.attrs import Attrs
 from kiln.exporter.base import ExportContext, Exporter, image_names
 from kiln.registry.push import push_manifest
 from kiln.registry.reference import Reference
+from kiln.timing import timed
 
 _ATTRS = frozenset({"name", "push", "oci-mediatypes", "registry.insecure", "push-by-digest",
                     "name-canonical"})  # fmt: skip
@@ -57,6 +58,7 @@ class RegistryExporter(Exporter[RegistryOutput]):
             return frozenset()
         return frozenset(Reference.parse(n).registry for n in spec.names)
 
+    @timed("push")
     def export(self, spec: RegistryOutput, ctx: ExportContext) -> list[str]:
         if not spec.push:
             return []

@@ -1,0 +1,85 @@
+"""Where a build's time goes: seconds per phase, for ``--metadata-file``'s ``phases``.
+
+A phase is timed with ``with phase("pull"):`` anywhere in the pipeline. Times are
+*exclusive* and summed over threads: a phase entered inside another (``compress`` inside
+``diff``) is taken out of the outer one, and two layers pulled at once count twice, so
+the sum can exceed the build's wall time. The totals are per process; a build reads them
+as the difference of two :func:`totals`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PHASES = ("context", "resolve", "cache import", "pull", "unpack", "run", "diff", "compress",
+          "push", "cache export")  # fmt: skip
+
+_totals = dict.fromkeys(PHASES, 0.0)
+_lock = threading.Lock()
+_local = threading.local()
+
+
+def _stack() -> list[float]:
+    stack: list[float] | None = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def add(name: str, seconds: float) -> None:
+    """Count *seconds* of *name* measured by the caller (a nested span: they are taken out
+    of the phase this thread is in)."""
+    stack = _stack()
+    if stack:
+        stack[-1] += seconds
+    with _lock:
+        _totals[name] = _totals.get(name, 0.0) + seconds
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    stack = _stack()
+    stack.append(0.0)  # the time of phases nested in this one
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        nested = stack.pop()
+        with _lock:
+            _totals[name] = _totals.get(name, 0.0) + elapsed - nested
+        if stack:
+            stack[-1] += elapsed
+
+
+def totals() -> dict[str, float]:
+    with _lock:
+        return dict(_totals)
+
+
+def since(before: dict[str, float]) -> dict[str, float]:
+    """Seconds per phase since *before* (a :func:`totals`), rounded to milliseconds."""
+    now = totals()
+    return {name: round(now[name] - before.get(name, 0.0), 3) for name in now}
+
+
+def timed(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function whose every call is phase *name*."""
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with phase(name):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
