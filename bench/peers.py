@@ -24,7 +24,7 @@ Prints per fixture the median seconds of each tool, kiln's ratio to each peer, k
 peak RSS, and kiln's own per-phase breakdown (``phases`` of ``--metadata-file``: seconds
 summed over threads). Alternates the tools' order every round.
 
-    sudo .venv/bin/python bench/peers.py [--fixtures synthetic,python,bigbase]
+    sudo .venv/bin/python bench/peers.py [--fixtures synthetic,bigbase,python]
         [--repeat 3] [--skip-docker] [--skip-buildah] [--json FILE]
 """
 
@@ -337,7 +337,7 @@ def report(fx: Fixture, samples: dict[str, list[dict[str, Sample]]], rounds: int
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fixtures", default="synthetic,python,bigbase")
+    parser.add_argument("--fixtures", default="synthetic,bigbase,python")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-docker", action="store_true")
     parser.add_argument("--skip-buildah", action="store_true")
@@ -363,10 +363,14 @@ def main() -> None:
             print(f"({name}: base and context ready in {time.monotonic() - started:.0f} s)",
                   flush=True)  # fmt: skip
             samples: dict[str, list[dict[str, Sample]]] = {t: [] for t in tools}
-            for rnd in range(args.repeat):
-                order = tools[rnd % len(tools) :] + tools[: rnd % len(tools)]
-                for tool in order:
-                    samples[tool].append(RUNNERS[tool](fx, ctx, work, registry, base, rnd))
+            try:
+                for rnd in range(args.repeat):
+                    order = tools[rnd % len(tools) :] + tools[: rnd % len(tools)]
+                    for tool in order:
+                        samples[tool].append(RUNNERS[tool](fx, ctx, work, registry, base, rnd))
+            except SystemExit as exc:  # one fixture failing does not lose the others
+                print(f"({name} failed: {exc})", flush=True)
+                continue
             report(fx, samples, args.repeat)
             everything[name] = {t: [{s: vars(x) for s, x in r.items()} for r in runs]
                                 for t, runs in samples.items()}  # fmt: skip
