@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +34,8 @@ from kiln.state import KilnRoot
 # fetches a layer's blob into the blob store (from a registry or a remote cache); the
 # unpacking that follows verifies its diff ID
 BlobFetcher = Callable[[Layer], None]
+
+log = logging.getLogger(__name__)
 
 _SHORT = 16  # hex digits of a snapshot's short link name
 
@@ -95,8 +99,10 @@ class SnapshotStore:
             if target.is_dir():
                 self._link(layer.diff_id)
                 return target
+            started = time.monotonic()
             if not self.blobs.touch(layer.digest):
                 fetch(layer)
+            fetched = time.monotonic()
             tmp = self.kiln_root.tempdir("unpack-")
             try:
                 unpack_stored(self.blobs, layer, tmp)
@@ -104,6 +110,9 @@ class SnapshotStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            log.debug("layer %s (%d bytes): fetched in %.3f s, unpacked in %.3f s",
+                      layer.digest[:19], layer.blob.size, fetched - started,
+                      time.monotonic() - fetched)  # fmt: skip
             self._touch(layer.diff_id)
             self._link(layer.diff_id)
             return target
