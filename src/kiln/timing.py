@@ -1,10 +1,11 @@
 """Where a build's time goes: seconds per phase, for ``--metadata-file``'s ``phases``.
 
 A phase is timed with ``with phase("pull"):`` anywhere in the pipeline. Times are
-*exclusive* and summed over threads: a phase entered inside another (``compress`` inside
-``diff``) is taken out of the outer one, and two layers pulled at once count twice, so
-the sum can exceed the build's wall time. The totals are per process; a build reads them
-as the difference of two :func:`totals`.
+*exclusive* within a thread (a blob pulled inside a push counts as pull, not push) and
+summed over threads: two layers pulled at once count twice, and ``compress`` (the
+differ's compressing thread) overlaps the ``diff`` that feeds it, so the sum can exceed
+the build's wall time. The totals are per process; a build reads them as the difference
+of two :func:`totals`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def add(name: str, seconds: float) -> None:
     stack = _stack()
     if stack:
         stack[-1] += seconds
+    _count(name, seconds)
+
+
+def _count(name: str, seconds: float) -> None:
     with _lock:
         _totals[name] = _totals.get(name, 0.0) + seconds
 
@@ -53,9 +58,7 @@ def phase(name: str) -> Iterator[None]:
         yield
     finally:
         elapsed = time.perf_counter() - start
-        nested = stack.pop()
-        with _lock:
-            _totals[name] = _totals.get(name, 0.0) + elapsed - nested
+        _count(name, elapsed - stack.pop())
         if stack:
             stack[-1] += elapsed
 
