@@ -192,28 +192,13 @@ class BlobStore:
         return True
 
 
-class BlobSink(Protocol):
-    """Where a provider delivers a blob: the :class:`BlobStore`, or a consumer that uses
-    the bytes as they arrive (``kiln.snapshot.stream`` unpacks a layer while it downloads)."""
-
-    def has(self, digest: str) -> bool:
-        """Whether the blob need not be delivered (a store that holds it already)."""
-        ...
-
-    def ingest(self, desc: Descriptor, chunks: Iterable[bytes], what: str, *,
-               vouched: bool = False) -> int:  # fmt: skip
-        """Take the blob of *desc* as *chunks*; see :meth:`BlobStore.ingest`."""
-        ...
-
-
 class BlobProvider(Protocol):
     """Somewhere a blob can be fetched from (a registry repository, a remote cache)."""
 
     location: str  # "host/repository" for registries (used for cross-repository mounts)
 
-    def fetch(self, desc: Descriptor, sink: BlobSink) -> None:
-        """Download *desc* into *sink* (through :meth:`BlobSink.ingest`), verifying its
-        digest; nothing when ``sink.has`` it."""
+    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
+        """Download *desc* into *store*, verifying its digest."""
         ...
 
 
@@ -260,17 +245,12 @@ class BlobLocator:
         (unless *check* is off: the caller verifies the layer itself, as unpacking does)
         check that it is the layer every source claims it is."""
         if not self.store.touch(desc.digest):
-            self._download(desc, self.store)
+            self._download(desc)
         if check:
             self._check_claims(desc)
 
-    def stream(self, desc: Descriptor, sink: BlobSink) -> None:
-        """Deliver *desc* from its sources into *sink* instead of the store (which the sink
-        may write to itself); the sink checks what the sources claim about it."""
-        self._download(desc, sink)
-
     @timed("pull")
-    def _download(self, desc: Descriptor, sink: BlobSink) -> None:
+    def _download(self, desc: Descriptor) -> None:
         providers = self.providers(desc.digest)
         if not providers:
             raise KilnError(
@@ -280,7 +260,7 @@ class BlobLocator:
         first: KilnError | None = None
         for provider in providers:
             try:
-                provider.fetch(desc, sink)
+                provider.fetch(desc, self.store)
                 return
             except KilnError as exc:
                 first = first or exc  # the first source's reason is the telling one

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.content import BlobSink
+from kiln.content import BlobStore
 from kiln.errors import MissingBlobError, NotFoundError
 from kiln.oci import Descriptor
 from kiln.registry.client import RegistryClient
@@ -18,9 +18,9 @@ class RegistryBlobSource:
         self.category = category
         self.location = self.repo.name
 
-    def fetch(self, desc: Descriptor, sink: BlobSink) -> None:
+    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
         try:
-            self.client.fetch_blob(self.repo, desc, sink, category=self.category)
+            self.client.fetch_blob(self.repo, desc, store, category=self.category)
         except NotFoundError as exc:
             raise MissingBlobError(
                 f"blob {desc.digest} is gone from {self.location}", digest=desc.digest

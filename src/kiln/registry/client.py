@@ -16,7 +16,7 @@ from types import TracebackType
 
 import httpx
 
-from kiln.content import BlobSink
+from kiln.content import BlobStore
 from kiln.errors import CorruptBlobError, NotFoundError, RegistryError
 from kiln.http.retry import DROPPED, RetryPolicy
 from kiln.http.stats import TransferStats, is_layer_media_type
@@ -314,7 +314,7 @@ class RegistryClient:
         self,
         repo_ref: Reference,
         descriptor: Descriptor,
-        store: BlobSink,
+        store: BlobStore,
         *,
         category: str | None = None,
     ) -> int:

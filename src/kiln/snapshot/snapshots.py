@@ -25,16 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kiln.archive.whiteouts import OVERLAY_OPAQUE_XATTR, is_opaque_value
-from kiln.content import BlobSink, BlobStore
+from kiln.content import BlobStore
 from kiln.oci import Layer, digest_hex
 from kiln.snapshot.overlay import EMPTY, mount_overlay, unmount
-from kiln.snapshot.stream import StreamingUnpack
 from kiln.snapshot.unpack import unpack_stored
 from kiln.state import KilnRoot
 
-# delivers a layer's blob from wherever it is known (a registry, a remote cache) into the
-# sink (kiln.content.BlobLocator.stream); unpacking verifies its diff ID
-BlobFetcher = Callable[[Layer, BlobSink], None]
+# fetches a layer's blob into the blob store (from a registry or a remote cache); the
+# unpacking that follows verifies its diff ID
+BlobFetcher = Callable[[Layer], None]
 
 log = logging.getLogger(__name__)
 
@@ -101,35 +100,22 @@ class SnapshotStore:
                 self._link(layer.diff_id)
                 return target
             started = time.monotonic()
-            tmp = self._unpacked(layer, fetch)
+            if not self.blobs.touch(layer.digest):
+                fetch(layer)
+            fetched = time.monotonic()
+            tmp = self.kiln_root.tempdir("unpack-")
             try:
+                unpack_stored(self.blobs, layer, tmp)
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            log.debug("layer %s (%d bytes) on disk in %.3f s", layer.digest[:19],
-                      layer.blob.size, time.monotonic() - started)  # fmt: skip
+            log.debug("layer %s (%d bytes): fetched in %.3f s, unpacked in %.3f s",
+                      layer.digest[:19], layer.blob.size, fetched - started,
+                      time.monotonic() - fetched)  # fmt: skip
             self._touch(layer.diff_id)
             self._link(layer.diff_id)
             return target
-
-    def _unpacked(self, layer: Layer, fetch: BlobFetcher) -> Path:
-        """A temporary directory holding *layer*: from the stored blob, or unpacked while
-        the blob downloads (and is stored)."""
-        if not self.blobs.touch(layer.digest):
-            streamed = StreamingUnpack(self.blobs, layer, lambda: self.kiln_root.tempdir("unpack-"))
-            fetch(layer, streamed)
-            if streamed.result is not None:
-                return streamed.result
-            if not self.blobs.has(layer.digest):  # a provider that did not deliver
-                fetch(layer, self.blobs)
-        tmp = self.kiln_root.tempdir("unpack-")
-        try:
-            unpack_stored(self.blobs, layer, tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return tmp
 
     def adopt(self, upper: Path, diff_id: str) -> None:
         """Make a step's upper dir the snapshot of the layer it produced."""

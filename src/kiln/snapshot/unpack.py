@@ -33,9 +33,9 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-from kiln.archive.compress import DECOMPRESSION_ERRORS, Readable, decompressing_reader
+from kiln.archive.compress import DECOMPRESSION_ERRORS, decompressing_reader
 from kiln.archive.tarstream import (
     BLK,
     CHR,
@@ -99,7 +99,7 @@ def unpack_stored(store: BlobStore, layer: Layer, dest: Path, *, mode: Mode = "o
     store.record_diff_id(layer.digest, diff_id)
 
 
-def unpack_layer(blob: Readable, compression: str, dest: Path, *, mode: Mode = "overlay") -> str:
+def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "overlay") -> str:
     """Extract the (compressed) layer *blob* into *dest*; returns its diff ID.
 
     *compression* is ``gzip``, ``zstd``, ``uncompressed`` or a layer media type. The diff

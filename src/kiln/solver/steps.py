@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.cache.mounts.store import MountStore
-from kiln.content import BlobLocator, BlobSink, BlobStore
+from kiln.content import BlobLocator, BlobStore
 from kiln.differ.layer import write_layer
 from kiln.errors import KilnError
 from kiln.executor.base import Executor, OutputSink
@@ -60,8 +60,8 @@ class StepRunner:
         self.mounts = RunMounts(cache_mounts, context, self._mounted_source, dict(options.secrets))
 
     # ------------------------------------------------------------------ helpers
-    def fetch(self, layer: Layer, sink: BlobSink) -> None:
-        self.locator.stream(layer.blob, sink)  # unpacking verifies the diff ID
+    def fetch(self, layer: Layer) -> None:
+        self.locator.fetch(layer.blob, check=False)  # unpacking verifies the diff ID
 
     @staticmethod
     def image_layers(image: ImageBase) -> list[Layer]:

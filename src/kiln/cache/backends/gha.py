@@ -45,7 +45,7 @@ from kiln.cache.remote.format import (
     parse_mounts,
     parse_trees,
 )
-from kiln.content import BlobSink
+from kiln.content import BlobStore
 from kiln.errors import CacheError, KilnError, MissingBlobError
 from kiln.oci import Descriptor, Layer, Platform, canonical_json
 
@@ -142,13 +142,13 @@ class GhaBlobSource:
     def __init__(self, client: GhaClient) -> None:
         self.client = client
 
-    def fetch(self, desc: Descriptor, sink: BlobSink) -> None:
+    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
         key = blob_key(desc.digest)
         entry = self.client.lookup(key)
         if entry is None or entry.key != key:
             raise MissingBlobError(f"gha cache blob {desc.digest} is gone", digest=desc.digest)
         with self.client.open(entry, layer=True) as chunks:
-            sink.ingest(desc, chunks, f"gha cache blob {desc.digest}")
+            store.ingest(desc, chunks, f"gha cache blob {desc.digest}")
 
 
 class GhaBackend(CacheBackend[GhaImport, GhaExport]):

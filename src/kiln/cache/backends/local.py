@@ -38,7 +38,7 @@ from kiln.cache.remote.convert import convert_layers, convert_mounts
 from kiln.cache.remote.format import CacheFormatError, parse_json
 from kiln.cache.remote.layout import Layout, locked
 from kiln.cache.remote.manifest import CacheManifest, build_manifest, read_records
-from kiln.content import BlobSink
+from kiln.content import BlobStore
 from kiln.errors import CacheError, CorruptBlobError, MissingBlobError
 from kiln.oci import INDEX_TYPES, OCI_INDEX, Descriptor, is_digest
 from kiln.registry.reference import DEFAULT_TAG
@@ -73,11 +73,11 @@ class LocalBlobSource:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
 
-    def fetch(self, desc: Descriptor, sink: BlobSink) -> None:
+    def fetch(self, desc: Descriptor, store: BlobStore) -> None:
         path = self.layout.blob(desc.digest)
         try:
             with path.open("rb") as fh:
-                sink.ingest(desc, iter(lambda: fh.read(1 << 20), b""), f"cache blob {path}")
+                store.ingest(desc, iter(lambda: fh.read(1 << 20), b""), f"cache blob {path}")
         except FileNotFoundError as exc:
             raise MissingBlobError(f"cache blob {path} is gone", digest=desc.digest) from exc
         except CorruptBlobError:
