@@ -22,7 +22,8 @@ changed), *partial* (the fixture's app changed; everything before it cached). Fi
 
 Prints per fixture the median seconds of each tool, kiln's ratio to each peer, kiln's
 peak RSS, and kiln's own per-phase breakdown (``phases`` of ``--metadata-file``: seconds
-summed over threads). Alternates the tools' order every round.
+summed over threads). Alternates the tools' order every round; syncs the disk before
+each build.
 
     sudo .venv/bin/python bench/peers.py [--fixtures synthetic,bigbase,python]
         [--repeat 3] [--skip-docker] [--skip-buildah] [--json FILE]
@@ -243,6 +244,7 @@ def run_kiln(fx: Fixture, ctx: Path, work: Path, registry: str, base: str,
     out: dict[str, Sample] = {}
     for scenario in scenarios(fx, ctx):
         root = work / f"kiln-root-{fx.name}-{rnd}-{scenario}"
+        settle()
         try:
             run = kiln("build", "--build-arg", f"BASE={base}", "-t", image, "--push",
                        "--cache-from", cache, "--cache-to", f"type=registry,ref={cache},mode=max",
@@ -253,8 +255,15 @@ def run_kiln(fx: Fixture, ctx: Path, work: Path, registry: str, base: str,
     return out
 
 
+def settle() -> None:
+    """Write back what earlier builds left dirty (a GB of layers, a deleted root), so no
+    tool is charged for the previous one's disk writes."""
+    os.sync()
+
+
 def timed(cmds: list[list[str]], env: dict[str, str]) -> Sample:
     """Run *cmds* one after another; wall seconds and the largest child's peak RSS."""
+    settle()
     start, peak = time.monotonic(), 0.0
     for cmd in cmds:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
