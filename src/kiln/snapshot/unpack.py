@@ -22,7 +22,11 @@ same way and must already exist in *dest*. ``trusted.overlay.*`` xattrs in a lay
 ignored: they would steer the overlay mount.
 
 Ownership, xattrs, then mode (chown clears setuid bits and capabilities), then times;
-directory times are set last, after everything inside them exists.
+directory times are set last, after everything inside them exists. A file or symlink that
+would be created with its owner anyway (this process's user and group, outside a
+set-group-ID directory) is not chowned, and a file whose mode the umask leaves alone is
+created with it: four system calls per small file instead of six, and file creation is
+most of an unpack's time.
 """
 
 from __future__ import annotations
@@ -134,6 +138,19 @@ def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "
 _CORRUPT_HINT = "the blob is corrupt or not a layer; remove it from the cache and pull it again"
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it for every
+    thread); all bits when it cannot be read, so every mode is set explicitly."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
 def _clean(name: str) -> list[str]:
     """Normalised components of a member name; ``[]`` is *dest* itself."""
     if "\x00" in name:
@@ -165,6 +182,13 @@ class _Unpacker:
         # and opaque markers must leave alone
         self.created: set[str] = set()
         self._parents: dict[str, str] = {}  # member parent → resolved relative dir
+        # resolved directories whose new entries take the directory's group (set-group-ID):
+        # there a new entry's owner is not simply this process's
+        self._setgid: set[str] = set()
+        if os.lstat(root).st_mode & stat.S_ISGID:
+            self._setgid.add("")
+        self._creator = (os.geteuid(), os.getegid())
+        self._umask = _umask()
 
     def _abs(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -217,6 +241,8 @@ class _Unpacker:
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            if st.st_mode & stat.S_ISGID:
+                self._setgid.add(rel)
             cur.append(comp)
         resolved = "/".join(cur)
         self._parents[key] = resolved
@@ -247,12 +273,12 @@ class _Unpacker:
         if h.type == DIR:
             self._dir(rel, path, h)
         elif h.type == REG:
-            self._file(path, h, reader)
+            self._file(path, h, reader, self._owner_is_creator(parent, h))
         elif h.type == SYMLINK:
             if "\x00" in h.linkname:
                 raise TarFormatError(f"symlink {h.name!r} has a NUL byte in its target")
             self._create(path, lambda: os.symlink(h.linkname, path))
-            self._meta(path, h, symlink=True)
+            self._meta(path, h, symlink=True, owned=self._owner_is_creator(parent, h))
         elif h.type == LINK:
             self._hardlink(path, h)
         elif h.type in _DEVICE_TYPES:
@@ -279,6 +305,13 @@ class _Unpacker:
         make()
         return is_overlay_whiteout(st)
 
+    def _owner_is_creator(self, parent: str, h: TarHeader) -> bool:
+        """Whether an entry created in *parent* already has *h*'s owner (this process's
+        user and group, in a directory that does not hand down its group): then it needs
+        no chown, which would change nothing (the common case: root-owned files unpacked
+        by root)."""
+        return (h.uid, h.gid) == self._creator and parent not in self._setgid
+
     def _dir(self, rel: str, path: str, h: TarHeader) -> None:
         replaced_whiteout = self._create(path, lambda: os.mkdir(path, 0o700), is_dir=True)
         if self.overlay and replaced_whiteout:
@@ -286,24 +319,34 @@ class _Unpacker:
         os.chown(path, h.uid, h.gid, follow_symlinks=False)
         self._xattrs(path, h)
         os.chmod(path, h.mode)
+        if h.mode & stat.S_ISGID:
+            self._setgid.add(rel)
+        else:
+            self._setgid.discard(rel)
         self.dir_times[path] = h.mtime_ns
 
-    def _file(self, path: str, h: TarHeader, reader: TarReader) -> None:
+    def _file(self, path: str, h: TarHeader, reader: TarReader, owned: bool) -> None:
+        """Create, fill, own, mark and time a regular file. Four system calls when it is
+        owned by this process and its mode survives the umask (created with that mode),
+        else the full order: chown, xattrs, then mode (chown clears set-ID bits)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        direct = owned and not h.mode & (0o7000 | self._umask)  # no set-ID or sticky bits
         fd = -1
 
         def make() -> None:
             nonlocal fd
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, h.mode if direct else 0o600)
 
         self._create(path, make)
         try:
             while view := reader.read(COPY_SIZE):
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fchown(fd, h.uid, h.gid)
+            if not owned:
+                os.fchown(fd, h.uid, h.gid)
             self._xattrs(fd, h)
-            os.fchmod(fd, h.mode)
+            if not direct:
+                os.fchmod(fd, h.mode)
             os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
         finally:
             os.close(fd)
@@ -331,8 +374,10 @@ class _Unpacker:
             pass
         self._create(path, lambda: os.link(target, path, follow_symlinks=False))
 
-    def _meta(self, path: str, h: TarHeader, *, symlink: bool = False) -> None:
-        os.chown(path, h.uid, h.gid, follow_symlinks=False)
+    def _meta(self, path: str, h: TarHeader, *, symlink: bool = False, owned: bool = False
+              ) -> None:  # fmt: skip
+        if not owned:
+            os.chown(path, h.uid, h.gid, follow_symlinks=False)
         self._xattrs(path, h, symlink=symlink)
         if not symlink:
             os.chmod(path, h.mode)

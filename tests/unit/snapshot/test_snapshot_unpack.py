@@ -252,6 +252,47 @@ def test_ownership_then_mode_then_times(tmp_path: Path) -> None:
     assert os.readlink(dest / "d" / "sym") == "../suid"
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_entries_owned_by_the_unpacker_get_exactly_their_owner_and_mode(
+    tmp_path: Path, umask: int
+) -> None:
+    """The chown and chmod an entry owned by this process can skip: whatever the umask,
+    and in a set-group-ID directory (whose group a new entry would otherwise take)."""
+    setuid, _ = reg("bin/su", b"x", 0o4755)
+    setuid.pax_headers = {
+        "SCHILY.xattr.security.capability": (b"\x01\x00\x00\x02" + bytes(16)).decode(
+            "utf-8", "surrogateescape"
+        )
+    }
+    members = [
+        directory("shared", 0o2775, gid=20),
+        reg("shared/file", b"f", 0o644),
+        reg("shared/open", b"o", 0o666),
+        link("shared/sym", "file"),
+        reg("top", b"t", 0o777),
+        reg("readonly", b"r", 0o444),
+        (setuid, b"x"),
+        reg("sticky", b"s", 0o1755),
+    ]
+    dest = tmp_path / "lower"
+    old = os.umask(umask)
+    try:
+        unpack(dest, tar(*members))
+    finally:
+        os.umask(old)
+    creator = (os.geteuid(), os.getegid())
+    assert creator == (0, 0)  # root, as the files' owner in the tar
+    for info, data in members:
+        st = os.lstat(dest / info.name)
+        want_gid = 20 if info.name == "shared" else 0
+        assert (st.st_uid, st.st_gid) == (0, want_gid), info.name
+        if info.type != tarfile.SYMTYPE:
+            assert stat.S_IMODE(st.st_mode) == info.mode, info.name
+        if info.type == tarfile.REGTYPE:
+            assert (dest / info.name).read_bytes() == data
+    assert os.getxattr(dest / "bin" / "su", "security.capability")[:4] == b"\x01\x00\x00\x02"
+
+
 def test_devices_and_fifos(tmp_path: Path) -> None:
     chr_info, _ = reg("dev/null", mode=0o666)
     chr_info.type, chr_info.devmajor, chr_info.devminor = tarfile.CHRTYPE, 1, 3
