@@ -95,8 +95,13 @@ def compiled(src: Path) -> None:
 def kiln(
     *args: str | Path, root: Path, metadata: bool = True, env: dict[str, str] | None = None
 ) -> Run:
-    """Run the kiln CLI in a subprocess; wall time, peak RSS (largest child) and metadata."""
+    """Run the kiln CLI in a subprocess; wall time, peak RSS (largest process) and metadata.
+
+    The peak RSS is GNU time's: a process forked from this (large) benchmark would report
+    this process's RSS at the fork as its own peak (Linux keeps the high-water mark across
+    exec), so kiln is started by ``/usr/bin/time``, whose own memory is small."""
     meta = root.parent / f"{root.name}.meta.json"
+    rss = root.parent / f"{root.name}.rss"
     argv = [sys.executable, "-m", "kiln.cli.main", *map(str, args)]
     if metadata and args and args[0] == "build":
         argv[4:4] = ["--metadata-file", str(meta), "--progress", "quiet"]
@@ -104,15 +109,17 @@ def kiln(
     compiled(Path(env.get("PYTHONPATH", "").split(os.pathsep)[0] or REPO / "src"))
     with tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss), *argv], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        proc.wait()
         seconds = time.monotonic() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"kiln {' '.join(map(str, args))} failed:\n{err.read().decode()}")
     data = json.loads(meta.read_text()) if meta.exists() else {}
-    return Run(seconds, usage.ru_maxrss / 1024, data)
+    peak_kib = int(rss.read_text().split()[-1])
+    rss.unlink()
+    return Run(seconds, peak_kib / 1024, data)
 
 
 def busybox_base(registry: str, workdir: Path) -> str:

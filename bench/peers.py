@@ -22,8 +22,8 @@ changed), *partial* (the fixture's app changed; everything before it cached). Fi
 
 Prints per fixture the median seconds of each tool, kiln's ratio to each peer, kiln's
 peak RSS, and kiln's own per-phase breakdown (``phases`` of ``--metadata-file``: seconds
-summed over threads). Alternates the tools' order every round; syncs the disk before
-each build.
+summed over threads). Alternates the tools' order every round; before each build, syncs
+and waits for the disks to be idle.
 
     sudo .venv/bin/python bench/peers.py [--fixtures synthetic,bigbase,python]
         [--repeat 3] [--skip-docker] [--skip-buildah] [--json FILE]
@@ -256,9 +256,29 @@ def run_kiln(fx: Fixture, ctx: Path, work: Path, registry: str, base: str,
 
 
 def settle() -> None:
-    """Write back what earlier builds left dirty (a GB of layers, a deleted root), so no
-    tool is charged for the previous one's disk writes."""
+    """Write back what earlier builds left dirty (a GB of layers, a deleted root) and wait
+    until the disks are idle (the discards of a deleted root go on after ``sync``), so no
+    tool is charged for the previous build's disk work."""
     os.sync()
+    deadline = time.monotonic() + 60
+    busy = _io_ticks()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _io_ticks()
+        if now - busy < 25:  # ms of disk activity in the last half second
+            return
+        busy = now
+
+
+def _io_ticks() -> int:
+    """Milliseconds the block devices have spent doing I/O (``/proc/diskstats``)."""
+    total = 0
+    with open("/proc/diskstats") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 12 and not fields[2].startswith(("loop", "ram")):
+                total += int(fields[12])
+    return total
 
 
 def timed(cmds: list[list[str]], env: dict[str, str]) -> Sample:
