@@ -92,34 +92,40 @@ def compiled(src: Path) -> None:
         _COMPILED.add(src)
 
 
+def run_measured(argv: list[str], env: dict[str, str], **popen: Any
+                 ) -> tuple[subprocess.CompletedProcess[bytes], float]:  # fmt: skip
+    """Run *argv* to its end; the finished process and its peak RSS in MB (the largest of
+    it and its descendants).
+
+    The peak is GNU time's: a process forked from this (large) benchmark would report
+    this process's RSS at the fork as its own peak (Linux keeps the high-water mark across
+    exec), so the command is started by ``/usr/bin/time``, whose own memory is small."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rss = Path(tmp) / "rss"
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *argv], env=env,
+                              **popen)  # fmt: skip
+        peak_kib = int(rss.read_text().split()[-1])  # after a failure: a note, then %M
+    return proc, peak_kib / 1024
+
+
 def kiln(
     *args: str | Path, root: Path, metadata: bool = True, env: dict[str, str] | None = None
 ) -> Run:
-    """Run the kiln CLI in a subprocess; wall time, peak RSS (largest process) and metadata.
-
-    The peak RSS is GNU time's: a process forked from this (large) benchmark would report
-    this process's RSS at the fork as its own peak (Linux keeps the high-water mark across
-    exec), so kiln is started by ``/usr/bin/time``, whose own memory is small."""
+    """Run the kiln CLI in a subprocess; wall time, peak RSS (:func:`run_measured`) and
+    metadata."""
     meta = root.parent / f"{root.name}.meta.json"
-    rss = root.parent / f"{root.name}.rss"
     argv = [sys.executable, "-m", "kiln.cli.main", *map(str, args)]
     if metadata and args and args[0] == "build":
         argv[4:4] = ["--metadata-file", str(meta), "--progress", "quiet"]
     env = {**os.environ, **(env or {}), "KILN_ROOT": str(root)}
     compiled(Path(env.get("PYTHONPATH", "").split(os.pathsep)[0] or REPO / "src"))
-    with tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss), *argv], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
-        proc.wait()
-        seconds = time.monotonic() - start
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"kiln {' '.join(map(str, args))} failed:\n{err.read().decode()}")
+    start = time.monotonic()
+    proc, peak = run_measured(argv, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"kiln {' '.join(map(str, args))} failed:\n{proc.stderr.decode()}")
     data = json.loads(meta.read_text()) if meta.exists() else {}
-    peak_kib = int(rss.read_text().split()[-1])
-    rss.unlink()
-    return Run(seconds, peak_kib / 1024, data)
+    return Run(seconds, peak, data)
 
 
 def busybox_base(registry: str, workdir: Path) -> str:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cache_bench import DOCKER, dockerd
 from cache_mounts_bench import fresh_engine
-from common import REPO, busybox_base, kiln, local_registry, workdir
+from common import REPO, busybox_base, kiln, local_registry, run_measured, workdir
 
 from kiln.timing import PHASES
 
@@ -282,18 +282,14 @@ def _io_ticks() -> int:
 
 
 def timed(cmds: list[list[str]], env: dict[str, str]) -> Sample:
-    """Run *cmds* one after another; wall seconds and the largest child's peak RSS."""
+    """Run *cmds* one after another; wall seconds and the largest peak RSS among them."""
     settle()
     start, peak = time.monotonic(), 0.0
     for cmd in cmds:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc, rss = run_measured(cmd, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{output.decode()[-3000:]}")
-        peak = max(peak, usage.ru_maxrss / 1024)
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout.decode()[-3000:]}")
+        peak = max(peak, rss)
     return Sample(time.monotonic() - start, peak)
 
 
