@@ -238,17 +238,19 @@ class Sample:
 
 
 def run_kiln(fx: Fixture, ctx: Path, work: Path, registry: str, base: str,
-             rnd: int) -> dict[str, Sample]:  # fmt: skip
-    image = f"{registry}/bench/{fx.name}-kiln{rnd}:latest"
-    cache = f"{registry}/bench/{fx.name}-kiln{rnd}:buildcache"
+             rnd: int, *, images: str = "") -> dict[str, Sample]:  # fmt: skip
+    """kiln's three scenarios; *images* sets ``KILN_LAYER_IMAGES`` ("": its default)."""
+    name = f"{fx.name}-kiln{images}{rnd}"
+    image, cache = f"{registry}/bench/{name}:latest", f"{registry}/bench/{name}:buildcache"
     out: dict[str, Sample] = {}
+    env = {"KILN_LAYER_IMAGES": images} if images else None
     for scenario in scenarios(fx, ctx):
-        root = work / f"kiln-root-{fx.name}-{rnd}-{scenario}"
+        root = work / f"kiln-root-{name}-{scenario}"
         settle()
         try:
             run = kiln("build", "--build-arg", f"BASE={base}", "-t", image, "--push",
                        "--cache-from", cache, "--cache-to", f"type=registry,ref={cache},mode=max",
-                       ctx, root=root)  # fmt: skip
+                       ctx, root=root, env=env)  # fmt: skip
         finally:
             shutil.rmtree(root, ignore_errors=True)
         out[scenario] = Sample(run.seconds, run.peak_rss_mb, run.metadata.get("phases", {}))
@@ -331,7 +333,14 @@ def run_buildah(fx: Fixture, ctx: Path, work: Path, registry: str, base: str,
     return out
 
 
-RUNNERS = {"kiln": run_kiln, "buildkit": run_buildkit, "buildah": run_buildah}
+def run_kiln_dirs(fx: Fixture, ctx: Path, work: Path, registry: str, base: str,
+                  rnd: int) -> dict[str, Sample]:  # fmt: skip
+    """kiln with every layer unpacked into a directory (no layer images)."""
+    return run_kiln(fx, ctx, work, registry, base, rnd, images="0")
+
+
+RUNNERS = {"kiln": run_kiln, "kiln-dirs": run_kiln_dirs, "buildkit": run_buildkit,
+           "buildah": run_buildah}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- report
@@ -366,13 +375,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-docker", action="store_true")
     parser.add_argument("--skip-buildah", action="store_true")
+    parser.add_argument(
+        "--with-dirs",
+        action="store_true",
+        help="also run kiln with KILN_LAYER_IMAGES=0 (layers as directories)",
+    )
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args()
     names = [n.strip() for n in args.fixtures.split(",") if n.strip()]
     unknown = [n for n in names if n not in FIXTURES]
     if unknown:
         parser.error(f"unknown fixture {unknown[0]!r}; choose from {', '.join(FIXTURES)}")
-    tools = ["kiln"]
+    tools = ["kiln", *(["kiln-dirs"] if args.with_dirs else [])]
     if not args.skip_docker and shutil.which("dockerd"):
         tools.append("buildkit")
     if not args.skip_buildah and shutil.which("buildah"):

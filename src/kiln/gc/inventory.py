@@ -15,7 +15,8 @@ The layout, by kind:
   of each step position), both for explaining misses;
 - **other blobs**: blobs no record and no mount state names (base-image layers, image
   configs and manifests, superseded mount chains);
-- **snapshots**: ``snapshots/<hex>`` (an unpacked layer) and its ``snapshots/l/`` link;
+- **snapshots**: ``snapshots/<hex>`` (an unpacked layer) and its ``snapshots/l/`` link, or
+  ``snapshots/<hex>.erofs`` (a layer image);
 - **cache mounts**: ``cache/mounts/<name>`` with ``.<name>.state.json`` and the chain
   blobs the state names;
 - **sources**: ``sources/<url hex>/``, an ADD URL download;
@@ -203,14 +204,17 @@ class _Walk:
         self._loose(Kind.OTHER, link_dir)
         for entry, st in self._entries(path):
             name = entry.name
-            if _HEX64.fullmatch(name) and stat.S_ISDIR(st.st_mode):
-                lock = path / f".{name}.lock"
+            image = name.endswith(".erofs") and stat.S_ISREG(st.st_mode)
+            hex_id = name.removesuffix(".erofs") if image else name
+            if _HEX64.fullmatch(hex_id) and (image or stat.S_ISDIR(st.st_mode)):
+                lock = path / f".{hex_id}.lock"
                 lock_st = self._stat(lock)
                 used = max(st.st_mtime_ns, lock_st.st_mtime_ns if lock_st else 0)
-                item = Item(Kind.SNAPSHOTS, "sha256:" + name,
-                            self.sizes.fixed(f"snapshots/{name}", entry, st), used, How.LOCKED,
+                size = on_disk(st, self.seen) if image else self.sizes.fixed(
+                    f"snapshots/{name}", entry, st)  # fmt: skip
+                item = Item(Kind.SNAPSHOTS, "sha256:" + hex_id, size, used, How.LOCKED,
                             [entry], [lock, entry], lock=lock)  # fmt: skip
-                link = links.pop(name[:16], None)
+                link = None if image else links.pop(name[:16], None)
                 if link is not None:
                     item.paths.append(link[0])
                     item.size += on_disk(link[1], self.seen)

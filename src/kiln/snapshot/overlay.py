@@ -1,11 +1,16 @@
-"""overlayfs mounts for a step: the parent layers as lowerdirs plus a fresh upperdir.
+"""overlayfs mounts for a step: the parent layers as lowerdirs plus a fresh upperdir;
+layer images (EROFS) mounted read-only to serve as lowerdirs.
 
-Lower directories are passed as short relative names (``l/<id>``) from the snapshot
-directory, so a mount of over a hundred layers fits the kernel's one-page option limit.
+Lower directories are passed as short relative names (``l/<id>``, ``i/<n>``) from the
+directory the mount runs in, so a mount of over a hundred layers fits the kernel's
+one-page option limit.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,14 +24,14 @@ EMPTY = ("empty", "empty2")  # empty directories under the snapshot root, for pa
 
 
 def mount_overlay(
-    snapshot_root: Path,
+    cwd: Path,
     lowers: Sequence[str],
     target: Path,
     *,
     upper: Path | None = None,
     work: Path | None = None,
 ) -> None:
-    """Mount *lowers* (names relative to *snapshot_root*, top-most first) at *target*.
+    """Mount *lowers* (names relative to *cwd*, top-most first) at *target*.
 
     Without *upper* the mount is read-only.
     """
@@ -47,7 +52,7 @@ def mount_overlay(
     cmd = ["mount", "-t", "overlay", "overlay", "-o", options, str(target)]
     if upper is None:
         cmd[1:1] = ["-r"]
-    proc = subprocess.run(cmd, cwd=snapshot_root, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeFailure(
             f"cannot mount overlayfs at {target}",
@@ -63,3 +68,31 @@ def unmount(target: Path) -> None:
         lazy = subprocess.run(["umount", "-l", str(target)], capture_output=True, text=True)
         if lazy.returncode != 0:
             raise RuntimeFailure(f"cannot unmount {target}", why=proc.stderr.strip())
+
+
+_MS_RDONLY, _MS_NODEV, _MS_NOSUID = 1, 4, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount_image(image: Path, target: Path) -> None:
+    """Mount the EROFS *image* (a regular file: the kernel reads it directly, no loop
+    device) read-only at *target*."""
+    flags = _MS_RDONLY | _MS_NODEV | _MS_NOSUID
+    if _libc.mount(os.fsencode(image), os.fsencode(target), b"erofs", flags, None) != 0:
+        code = ctypes.get_errno()
+        raise RuntimeFailure(
+            f"cannot mount the layer image {image}",
+            why=os.strerror(code),
+            hint="set KILN_LAYER_IMAGES=0 to unpack layers into directories instead; the "
+            "kernel log (dmesg) says why EROFS refused the image",
+        )
+
+
+def unmount_image(target: Path) -> None:
+    """Unmount what :func:`mount_image` mounted (lazily if it is still busy)."""
+    if _libc.umount2(os.fsencode(target), 0) != 0:
+        code = ctypes.get_errno()
+        if code == errno.EINVAL:
+            return  # not mounted
+        if _libc.umount2(os.fsencode(target), 2) != 0:  # MNT_DETACH
+            raise RuntimeFailure(f"cannot unmount {target}", why=os.strerror(ctypes.get_errno()))

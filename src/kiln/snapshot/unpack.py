@@ -37,7 +37,7 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 from kiln.archive.compress import DECOMPRESSION_ERRORS, decompressing_reader
 from kiln.archive.tarstream import (
@@ -69,7 +69,7 @@ from kiln.timing import timed
 Mode = Literal["overlay", "apply", "extract"]
 
 COPY_SIZE = 1 << 20
-_MAX_SYMLINK_HOPS = 40  # Linux's limit for a path lookup
+MAX_SYMLINK_HOPS = 40  # Linux's limit for a path lookup
 _DEVICE_TYPES = {CHR: stat.S_IFCHR, BLK: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 _IGNORED_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
@@ -77,7 +77,7 @@ _IGNORED_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 _CRAFTED = "the layer was crafted to write outside its root; do not use this image"
 
 
-class _Unsafe(Exception):
+class Unsafe(Exception):
     """A member that would escape *dest* or cannot be placed; the message names it."""
 
     def __init__(self, why: str, hint: str = _CRAFTED) -> None:
@@ -88,11 +88,18 @@ class _Unsafe(Exception):
 @timed("unpack")
 def unpack_stored(store: BlobStore, layer: Layer, dest: Path, *, mode: Mode = "overlay") -> None:
     """Extract *layer*'s blob from *store* into *dest*, verifying it is the layer it is
-    said to be: its diff ID is computed on the way and remembered by the store; a blob
-    whose diff ID differs is removed and a :class:`CorruptBlobError` (a miss for a cached
-    step, never a wrong result)."""
+    said to be (:func:`read_stored`)."""
+    read_stored(store, layer, lambda blob, compression: unpack_layer(blob, compression, dest,
+                                                                      mode=mode))  # fmt: skip
+
+
+def read_stored(store: BlobStore, layer: Layer, read: Callable[[BinaryIO, str], str]) -> None:
+    """Run ``read(blob, compression)`` (which returns the diff ID it computed) on
+    *layer*'s blob from *store*: the diff ID is remembered by the store; a blob whose diff
+    ID differs is removed and a :class:`CorruptBlobError` (a miss for a cached step, never
+    a wrong result)."""
     with store.path(layer.digest).open("rb") as fh:
-        diff_id = unpack_layer(fh, compression_of(layer.blob.media_type), dest, mode=mode)
+        diff_id = read(fh, compression_of(layer.blob.media_type))
     if diff_id != layer.diff_id:
         store.remove(layer.digest)  # fetched again next time
         raise CorruptBlobError(
@@ -101,6 +108,37 @@ def unpack_stored(store: BlobStore, layer: Layer, dest: Path, *, mode: Mode = "o
             why=f"its diff ID is {diff_id}, not {layer.diff_id}",
         )
     store.record_diff_id(layer.digest, diff_id)
+
+
+class MemberSink(Protocol):
+    """Takes a layer's members one by one (:func:`read_layer`)."""
+
+    def member(self, h: TarHeader, reader: TarReader) -> None: ...
+    def finish(self) -> None: ...
+
+
+def read_layer(blob: BinaryIO, compression: str, sink: MemberSink, *, what: str, where: str) -> str:
+    """Feed every member of the (compressed) layer *blob* to *sink*, then finish it;
+    returns the layer's diff ID. A corrupt or unsafe layer is a :class:`KilnError` (*what*
+    says what was being done), an operation the filesystem refuses a
+    :class:`RuntimeFailure` (naming the file, else *where*)."""
+    try:
+        reader = TarReader(decompressing_reader(blob, compression))
+        while (header := reader.next()) is not None:
+            sink.member(header, reader)
+        diff_id = reader.finish()
+        sink.finish()
+    except TarFormatError as exc:
+        raise KilnError(
+            what, why=f"the layer is not a valid tar archive: {exc}", hint=_CORRUPT_HINT
+        ) from exc
+    except DECOMPRESSION_ERRORS as exc:
+        raise KilnError(what, why=f"the layer cannot be decompressed: {exc}") from exc
+    except Unsafe as exc:
+        raise KilnError(what, why=str(exc), hint=exc.hint) from exc
+    except OSError as exc:
+        raise RuntimeFailure(what, why=f"{exc.strerror or exc}: {exc.filename or where}") from exc
+    return diff_id
 
 
 def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "overlay") -> str:
@@ -114,25 +152,8 @@ def unpack_layer(blob: BinaryIO, compression: str, dest: Path, *, mode: Mode = "
     if mode not in ("overlay", "apply", "extract"):
         raise ValueError(f"unknown unpack mode {mode!r}")
     root = os.path.abspath(dest)
-    what = f"cannot unpack layer into {root}"
-    unpacker = _Unpacker(root, mode)
-    try:
-        reader = TarReader(decompressing_reader(blob, compression))
-        while (header := reader.next()) is not None:
-            unpacker.member(header, reader)
-        diff_id = reader.finish()
-        unpacker.finish()
-    except TarFormatError as exc:
-        raise KilnError(
-            what, why=f"the layer is not a valid tar archive: {exc}", hint=_CORRUPT_HINT
-        ) from exc
-    except DECOMPRESSION_ERRORS as exc:
-        raise KilnError(what, why=f"the layer cannot be decompressed: {exc}") from exc
-    except _Unsafe as exc:
-        raise KilnError(what, why=str(exc), hint=exc.hint) from exc
-    except OSError as exc:
-        raise RuntimeFailure(what, why=f"{exc.strerror or exc}: {exc.filename or root}") from exc
-    return diff_id
+    return read_layer(blob, compression, _Unpacker(root, mode),
+                      what=f"cannot unpack layer into {root}", where=root)  # fmt: skip
 
 
 _CORRUPT_HINT = "the blob is corrupt or not a layer; remove it from the cache and pull it again"
@@ -151,7 +172,7 @@ def _umask() -> int:
     return 0o777
 
 
-def _clean(name: str) -> list[str]:
+def clean_name(name: str) -> list[str]:
     """Normalised components of a member name; ``[]`` is *dest* itself."""
     if "\x00" in name:
         raise TarFormatError(f"member name {name!r} contains a NUL byte")
@@ -161,7 +182,7 @@ def _clean(name: str) -> list[str]:
             continue
         if comp == "..":
             if not parts:
-                raise _Unsafe(f"member {name!r} points outside the layer root")
+                raise Unsafe(f"member {name!r} points outside the layer root")
             parts.pop()
         else:
             parts.append(comp)
@@ -232,8 +253,8 @@ class _Unpacker:
                 continue
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
-                if hops > _MAX_SYMLINK_HOPS:
-                    raise _Unsafe(f"too many levels of symbolic links in {key!r}")
+                if hops > MAX_SYMLINK_HOPS:
+                    raise Unsafe(f"too many levels of symbolic links in {key!r}")
                 target = os.readlink(path)
                 if target.startswith("/"):
                     cur = []
@@ -258,7 +279,7 @@ class _Unpacker:
     # --- members ----------------------------------------------------------------------
 
     def member(self, h: TarHeader, reader: TarReader) -> None:
-        parts = _clean(h.name)
+        parts = clean_name(h.name)
         if not parts:
             return  # the root itself: its metadata belongs to the snapshot, not the layer
         if self.whiteouts and any(comp.startswith(WHITEOUT_META_PREFIX) for comp in parts[:-1]):
@@ -352,21 +373,21 @@ class _Unpacker:
             os.close(fd)
 
     def _hardlink(self, path: str, h: TarHeader) -> None:
-        target_parts = _clean(h.linkname)
+        target_parts = clean_name(h.linkname)
         if not target_parts:
-            raise _Unsafe(f"hardlink {h.name!r} points at the layer root")
+            raise Unsafe(f"hardlink {h.name!r} points at the layer root")
         try:
             parent = self._resolve_dir(target_parts[:-1], create=False)
             target = self._abs(_join(parent, target_parts[-1]))
             st = os.lstat(target)
         except (FileNotFoundError, NotADirectoryError):
-            raise _Unsafe(
+            raise Unsafe(
                 f"hardlink {h.name!r} points at {h.linkname!r}, which does not exist",
                 hint="a hardlink must point at a file earlier in the same layer"
                 + ("" if self.overlay else " or in a layer below"),
             ) from None
         if stat.S_ISDIR(st.st_mode):
-            raise _Unsafe(f"hardlink {h.name!r} points at the directory {h.linkname!r}")
+            raise Unsafe(f"hardlink {h.name!r} points at the directory {h.linkname!r}")
         try:
             if os.path.samestat(os.lstat(path), st):
                 return  # already that file (a link to itself, or a repeated member)

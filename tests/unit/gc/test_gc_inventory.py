@@ -48,6 +48,7 @@ def populate(maker: StateMaker) -> Made:
     base = maker.blob(9000, age=300, diff_id=base_diff)  # a base image layer, unpacked
     maker.snapshot(base_diff, age=300)
     orphan = maker.snapshot(age=400)
+    maker.snapshot("sha256:" + "c" * 64, image=True, files=4)
     config = maker.blob(300, age=10)  # an image config: nothing names it
     maker.source(age=60)
     maker.source(age=60, complete=False)
@@ -100,6 +101,8 @@ def test_entries_are_what_kiln_knows_of_them(tmp_path: Path) -> None:
     snapshots = by_name(inv, Kind.SNAPSHOTS)
     assert not snapshots["sha256:" + "b" * 64].dangling
     assert snapshots[made.orphan].dangling
+    image = snapshots["sha256:" + "c" * 64]  # a layer image: one file, no link
+    assert [p.name for p in image.paths] == ["c" * 64 + ".erofs"] and image.size >= 12_000
     sources = by_name(inv, Kind.SOURCES).values()
     assert sorted(s.dangling for s in sources) == [False, True]
     assert all(s.paths[0].name == "meta.json" for s in sources if not s.dangling)

@@ -31,6 +31,7 @@ def test_prune_all_leaves_a_fresh_machine(tmp_path: Path) -> None:
     key, layer = maker.record(age=100)
     mount = maker.mount(age=50, chain=(maker.blob(age=50),))
     snap = maker.snapshot(layer.diff_id, age=80)
+    image = maker.snapshot(age=80, image=True)
     maker.source(age=10)
     maker.context_view(age=10)
     before = du_bytes(maker.root.path)
@@ -41,6 +42,7 @@ def test_prune_all_leaves_a_fresh_machine(tmp_path: Path) -> None:
     assert list(maker.blobs.digests()) == []
     assert not (maker.root.snapshots / digest_hex(snap)).exists()
     assert not (maker.root.snapshots / "l" / digest_hex(snap)[:16]).is_symlink()
+    assert not (maker.root.snapshots / f"{digest_hex(image)}.erofs").exists()
     assert not (maker.root.cache_mounts / mount).exists()
     assert not (maker.root.cache_mounts / f".{mount}.state.json").exists()
     assert (maker.root.cache_mounts / f".{mount}.lock").exists()  # lock files stay

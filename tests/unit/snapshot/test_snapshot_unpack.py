@@ -13,44 +13,12 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from tests.unit.snapshot.tars import directory, link, reg, tar
 
 from kiln.errors import KilnError, RuntimeFailure
 from kiln.snapshot.unpack import Mode, unpack_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: ownership and devices")
-
-Member = tuple[tarfile.TarInfo, bytes]
-
-
-def reg(name: str, data: bytes = b"", mode: int = 0o644, **kw: object) -> Member:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, 1_600_000_000
-    for key, value in kw.items():
-        setattr(info, key, value)
-    return info, data
-
-
-def directory(name: str, mode: int = 0o755, **kw: object) -> Member:
-    info, _ = reg(name, b"", mode)
-    for key, value in kw.items():
-        setattr(info, key, value)
-    info.type = tarfile.DIRTYPE
-    return info, b""
-
-
-def link(name: str, target: str, *, hard: bool = False) -> Member:
-    info, _ = reg(name, mode=0o777)
-    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
-    info.linkname = target
-    return info, b""
-
-
-def tar(*members: Member) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for info, data in members:
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def unpack(dest: Path, blob: bytes, mode: Mode = "overlay", compression: str = "gzip") -> str:
