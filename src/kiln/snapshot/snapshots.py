@@ -78,7 +78,7 @@ class SnapshotStore:
     def _use_images(self) -> bool:
         if self._images is None:
             choice = os.environ.get("KILN_LAYER_IMAGES", "")
-            self._images = choice == "1" or (choice != "0" and _image_mounts_work(
+            self._images = choice == "1" or (choice != "0" and image_mounts_work(
                 self.kiln_root.tempdir("probe-")))  # fmt: skip
         return self._images
 
@@ -263,7 +263,7 @@ def _opaque_root(root: Path) -> bool:
     return is_opaque_value(value)
 
 
-def _image_mounts_work(scratch: Path) -> bool:
+def image_mounts_work(scratch: Path) -> bool:
     """Whether this kernel mounts an EROFS image straight from a file (Linux 6.12+ with
     EROFS): tried once with an empty image in *scratch*, which is removed."""
     image, target = scratch / "probe.erofs", scratch / "mnt"

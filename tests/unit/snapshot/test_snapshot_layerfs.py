@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,21 @@ from kiln.errors import KilnError
 from kiln.snapshot.erofs import UnsupportedImage
 from kiln.snapshot.layerfs import write_layer_image
 from kiln.snapshot.overlay import mount_image, unmount_image
+from kiln.snapshot.snapshots import image_mounts_work
 from kiln.snapshot.unpack import unpack_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts and devices")
 
 
 def _can_mount() -> bool:
-    return "erofs" in Path("/proc/filesystems").read_text()
+    if os.geteuid() != 0:
+        return False
+    return image_mounts_work(Path(tempfile.mkdtemp(prefix="kiln-probe-")))
 
 
-needs_erofs = pytest.mark.skipif(not _can_mount(), reason="the kernel has no EROFS")
+needs_erofs = pytest.mark.skipif(
+    not _can_mount(), reason="this kernel cannot mount an EROFS image from a file"
+)
 
 
 def device(name: str, kind: bytes, major: int = 0, minor: int = 0) -> Member:
