@@ -9,7 +9,6 @@ one-page option limit.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import subprocess
 from collections.abc import Sequence
@@ -62,15 +61,7 @@ def mount_overlay(
         )
 
 
-def unmount(target: Path) -> None:
-    proc = subprocess.run(["umount", str(target)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        lazy = subprocess.run(["umount", "-l", str(target)], capture_output=True, text=True)
-        if lazy.returncode != 0:
-            raise RuntimeFailure(f"cannot unmount {target}", why=proc.stderr.strip())
-
-
-_MS_RDONLY, _MS_NODEV, _MS_NOSUID = 1, 4, 2
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MNT_DETACH = 1, 2, 4, 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -88,11 +79,10 @@ def mount_image(image: Path, target: Path) -> None:
         )
 
 
-def unmount_image(target: Path) -> None:
-    """Unmount what :func:`mount_image` mounted (lazily if it is still busy)."""
+def unmount(target: Path) -> None:
+    """Unmount an overlay or an image at *target*, lazily (detached, freed when no longer
+    busy) if it is still in use."""
     if _libc.umount2(os.fsencode(target), 0) != 0:
-        code = ctypes.get_errno()
-        if code == errno.EINVAL:
-            return  # not mounted
-        if _libc.umount2(os.fsencode(target), 2) != 0:  # MNT_DETACH
-            raise RuntimeFailure(f"cannot unmount {target}", why=os.strerror(ctypes.get_errno()))
+        why = os.strerror(ctypes.get_errno())
+        if _libc.umount2(os.fsencode(target), _MNT_DETACH) != 0:
+            raise RuntimeFailure(f"cannot unmount {target}", why=why)

@@ -37,7 +37,7 @@ from kiln.errors import KilnError
 from kiln.oci import Layer, digest_hex
 from kiln.snapshot.erofs import ImageWriter, Inode, UnsupportedImage
 from kiln.snapshot.layerfs import write_layer_image
-from kiln.snapshot.overlay import EMPTY, mount_image, mount_overlay, unmount, unmount_image
+from kiln.snapshot.overlay import EMPTY, mount_image, mount_overlay, unmount
 from kiln.snapshot.unpack import read_stored, unpack_stored
 from kiln.state import KilnRoot
 from kiln.timing import timed
@@ -221,7 +221,7 @@ class SnapshotStore:
                 root = scratch / name
                 root.mkdir(parents=True)
                 mount_image(self.image_path(layer.diff_id), root)
-                hold.callback(unmount_image, root)
+                hold.callback(unmount, root)
                 names.append(name)
             if _opaque_root(root):
                 break  # it hides every layer below (overlayfs ignores a lowerdir root's mark)
@@ -272,7 +272,7 @@ def image_mounts_work(scratch: Path) -> bool:
             ImageWriter(out).finish(Inode(0o040755, 0, 0, 0, children={}), 0)
         target.mkdir()
         mount_image(image, target)
-        unmount_image(target)
+        unmount(target)
         return True
     except (OSError, KilnError) as exc:
         log.debug("layers are unpacked into directories: %s", exc)

@@ -27,7 +27,7 @@ from tests.unit.snapshot.tars import Member, directory, link, reg, tar
 from kiln.errors import KilnError
 from kiln.snapshot.erofs import UnsupportedImage
 from kiln.snapshot.layerfs import write_layer_image
-from kiln.snapshot.overlay import mount_image, unmount_image
+from kiln.snapshot.overlay import mount_image, unmount
 from kiln.snapshot.snapshots import image_mounts_work
 from kiln.snapshot.unpack import unpack_layer
 
@@ -90,7 +90,7 @@ def mounted_image(tmp: Path, blob: bytes) -> Iterator[tuple[Path, str]]:
     try:
         yield target, diff_id
     finally:
-        unmount_image(target)
+        unmount(target)
 
 
 def _gz(blob: bytes) -> io.BytesIO:
